@@ -1,0 +1,40 @@
+"""`st_tp.build`: a ready SentenceTransformer with Token Prepending from a base model and a preset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from sentence_transformers import SentenceTransformer
+
+from st_tp.config import TPConfig, load_preset
+from st_tp.module import TokenPrepending
+
+
+def build(
+    base_model: str,
+    config: str | Path | TPConfig | None = None,
+    *,
+    model_kwargs: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> SentenceTransformer:
+    """Build a TP SentenceTransformer.
+
+    Args:
+        base_model: hub id or local folder of a decoder-only LLM (e.g. "meta-llama/Llama-2-7b-hf").
+        config: a YAML preset path (see configs/) or a TPConfig; defaults to TPConfig().
+        model_kwargs: extra arguments for the HF model loader (e.g. attn_implementation, device_map).
+        **overrides: TPConfig keys: prompt_method, template, tp, tp_start, tp_end, output_layer, pst_init,
+            preprocess, dtype, device, max_seq_length, prefix_cache, num_pst, mask_pst_first_layer, tp_resume_layer.
+    """
+    if isinstance(config, TPConfig):
+        tp_config = config
+    elif config is not None:
+        _, tp_config = load_preset(config)
+    else:
+        tp_config = TPConfig()
+    tp_config = tp_config.replace(**overrides)
+    module = TokenPrepending(base_model, tp_config, model_kwargs=model_kwargs)
+    device = tp_config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return SentenceTransformer(modules=[module], device=device)

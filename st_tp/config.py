@@ -1,0 +1,160 @@
+"""Typed configuration of a Token Prepending model, and YAML presets.
+
+`TPConfig` is the single source of truth: the ST module saves it as JSON, `st_tp.build` and the CLI read
+it from YAML presets under `configs/`. Loading rejects unknown or ill-typed keys instead of guessing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+PST_INITS = ("zeros", "ones", "normal", "uniform", "token:<text>")
+_PST_INIT_RE = re.compile(r"^(zeros|ones|normal(:\d+)?|uniform(:\d+)?|token:.+)$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class TPConfig:
+    """Every setting of a Token Prepending embedding model.
+
+    Layer numbers follow Hugging Face's ``hidden_states`` indexing (see README, "Layer indexing").
+    """
+
+    prompt_method: str = "prompteol"
+    """A name from ``st_tp.prompts.PROMPTS`` or ``"custom"`` (then ``template`` is required)."""
+    template: str | list[str] | None = None
+    """Custom template(s) with ``{text}`` and, for TP, a ``<PST>`` marker. Overrides ``prompt_method``."""
+    tp: bool = True
+    """Token Prepending on (True) or plain prompt-based embeddings (False)."""
+    tp_start: int = 1
+    """First decoder layer (0-based) before which the <PST> row is overwritten."""
+    tp_end: int = 7
+    """TP stops before this layer: layers tp_start <= i < tp_end get the overwrite."""
+    output_layer: int = -1
+    """hidden_states index read at the last token: 0 embeddings, k input of layer k, -1 final-normed output."""
+    pst_init: str = "zeros"
+    """<PST> input vector: zeros | ones | normal[:seed] | uniform[:seed] | token:<text>."""
+    preprocess: bool = True
+    """The official sentence preprocessing (append '.', '"' -> "'", trailing '?' -> '.')."""
+    dtype: str = "auto"
+    """auto (float16 on CUDA, float32 elsewhere) | float32 | float16 | bfloat16."""
+    device: str | None = None
+    """torch device for `st_tp.build`; None picks CUDA when available."""
+    max_seq_length: int = 512
+    """Longer prompts are cut inside the sentence, never in the template."""
+    prefix_cache: bool = True
+    """Reuse the keys/values of the template text before the sentence (exact; verified per batch)."""
+    num_pst: int = 1
+    """Number of consecutive <PST> tokens at the marker (paper A.4); all are overwritten."""
+    mask_pst_first_layer: bool = False
+    """Hide the <PST> key from attention in decoder layer 0, where it still holds its init (paper A.5)."""
+    tp_resume_layer: int | None = None
+    """Resume TP before this layer and keep it on until the output (paper A.6)."""
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        if self.template is None and self.prompt_method == "custom":
+            raise ValueError("prompt_method='custom' needs a `template` containing '{text}'.")
+        if self.template is None:
+            from st_tp.prompts import PROMPTS  # local import: prompts imports nothing from here at module level
+
+            if self.prompt_method not in PROMPTS:
+                raise ValueError(
+                    f"Unknown prompt_method {self.prompt_method!r}. Allowed: {sorted(PROMPTS)} or 'custom' with a template."
+                )
+        for template in self.templates_given():
+            if "{text}" not in template:
+                raise ValueError(f"template {template!r} has no '{{text}}' placeholder; add one where the sentence goes.")
+            if self.tp and "<PST>" not in template:
+                raise ValueError(
+                    f"tp=True needs a '<PST>' marker in the template {template!r}; add '<PST>' (e.g. before the "
+                    "sentence) or set tp=False."
+                )
+        if self.tp:
+            if self.tp_start < 0:
+                raise ValueError(f"tp_start must be >= 0, got {self.tp_start}.")
+            if self.tp_end <= self.tp_start:
+                raise ValueError(
+                    f"tp_end ({self.tp_end}) must be greater than tp_start ({self.tp_start}): TP overwrites <PST> before "
+                    "layers tp_start <= i < tp_end. Use e.g. tp_start=1, tp_end=7, or tp=False for no TP."
+                )
+        if not _PST_INIT_RE.match(self.pst_init):
+            raise ValueError(f"Unknown pst_init {self.pst_init!r}. Allowed: zeros, ones, normal[:seed], uniform[:seed], token:<text>.")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"Unknown dtype {self.dtype!r}. Allowed: {', '.join(DTYPES)}.")
+        if self.max_seq_length < 4:
+            raise ValueError(f"max_seq_length must be at least 4 tokens, got {self.max_seq_length}.")
+        if self.num_pst < 1:
+            raise ValueError(f"num_pst must be >= 1, got {self.num_pst}.")
+        if self.tp_resume_layer is not None and self.tp_resume_layer < self.tp_end:
+            raise ValueError(f"tp_resume_layer ({self.tp_resume_layer}) must be >= tp_end ({self.tp_end}).")
+
+    def templates_given(self) -> list[str]:
+        if self.template is None:
+            return []
+        return [self.template] if isinstance(self.template, str) else list(self.template)
+
+    def replace(self, **overrides: Any) -> TPConfig:
+        _reject_unknown(overrides, "override")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TPConfig:
+        _reject_unknown(data, source)
+        return cls(**data)
+
+
+def load_preset(path: str | Path) -> tuple[str | None, TPConfig]:
+    """Read a YAML preset: TPConfig keys plus an optional ``base_model`` (the model the preset was made for)."""
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"Preset {path} must be a YAML mapping of TPConfig keys, got {type(data).__name__}.")
+    base_model = data.pop("base_model", None)
+    data.pop("notes", None)  # free-text provenance of the preset's values
+    return base_model, TPConfig.from_dict(data, source=f"preset {path}")
+
+
+def _reject_unknown(data: dict[str, Any], source: str) -> None:
+    known = {f.name for f in dataclasses.fields(TPConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"Unknown key(s) {unknown} in {source}. Allowed keys: {sorted(known)}.")
+
+
+def _check_types(config: TPConfig) -> None:
+    """Reject ill-typed values (e.g. tp_end: "7", tp: 1) with the field name, before they reach the model."""
+    expected: dict[str, tuple[type, ...]] = {
+        "prompt_method": (str,),
+        "template": (str, list, type(None)),
+        "tp": (bool,),
+        "tp_start": (int,),
+        "tp_end": (int,),
+        "output_layer": (int,),
+        "pst_init": (str,),
+        "preprocess": (bool,),
+        "dtype": (str,),
+        "device": (str, type(None)),
+        "max_seq_length": (int,),
+        "prefix_cache": (bool,),
+        "num_pst": (int,),
+        "mask_pst_first_layer": (bool,),
+        "tp_resume_layer": (int, type(None)),
+    }
+    for name, types in expected.items():
+        value = getattr(config, name)
+        is_bool_as_int = isinstance(value, bool) and bool not in types
+        if not isinstance(value, types) or is_bool_as_int:
+            allowed = " or ".join("None" if t is type(None) else t.__name__ for t in types)
+            raise ValueError(f"{name} must be {allowed}, got {value!r} ({type(value).__name__}).")
+    if isinstance(config.template, list) and not all(isinstance(t, str) for t in config.template):
+        raise ValueError("template must be a string or a list of strings.")

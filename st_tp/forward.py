@@ -1,0 +1,336 @@
+"""The Token Prepending forward pass for any Hugging Face decoder whose base model has a `layers` list.
+
+Nothing is copied from modeling files. Each decoder layer gets one pre-hook and one post-hook, installed once;
+they act only while a TP pass is active in the *current context* (a ContextVar), so concurrent forwards in
+other threads never see each other's positions, and the stock model keeps working as before.
+
+Semantics (measured on the official code, ../shared/golden/README.md):
+  * before decoder layer i, for each i in the TP layers (tp_start <= i < tp_end), the <PST> row of the
+    layer's input is overwritten with the same sequence's last real token state;
+  * output_layer indexes HF's hidden_states: 0 = embeddings, k = input of layer k, L (or -1) = final-normed
+    output, -2 = input of the last layer; the embedding is the state of the last real token.
+Early exit: the post-hook of layer k-1 records the state and stops the forward, so layers k.. never run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Collection, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from transformers import DynamicCache
+
+
+@dataclass
+class _ActivePass:
+    """What the layer hooks need for one forward call. Lives in a ContextVar, never on the model."""
+
+    rows: Tensor  # [B] arange, for row-wise gathers
+    last_positions: Tensor  # [B] column of each row's last real token
+    pst_positions: Tensor | None  # [B, n] columns of the <PST> slots, None = no TP
+    tp_layers: frozenset[int]
+    capture_layers: frozenset[int]  # hidden_states indices (< L) whose last-token state we keep
+    stop_after: int | None  # the forward stops once hidden_states[stop_after] is captured
+    mask_pst_layer: int | None = None  # layer whose attention hides the <PST> keys (paper A.5)
+    captured: dict[int, Tensor] = field(default_factory=dict)
+
+
+_ACTIVE: ContextVar[_ActivePass | None] = ContextVar("st_tp_active_pass", default=None)
+_INSTALL_LOCK = threading.Lock()
+
+
+class _EarlyExit(Exception):
+    """Raised by a post-hook once the requested exit layer is captured; the layers after it never run."""
+
+
+def _hidden(args: tuple, kwargs: dict) -> Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+class _PreHook:
+    """Runs before decoder layer `index`: overwrites <PST> rows (TP) and captures hidden_states[0]."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict):
+        active = _ACTIVE.get()
+        if active is None:
+            return None
+        hidden = _hidden(args, kwargs)
+        if self.index == 0 and 0 in active.capture_layers:
+            active.captured[0] = hidden[active.rows, active.last_positions]
+            if active.stop_after == 0:
+                raise _EarlyExit
+        changed = False
+        if active.pst_positions is not None and self.index in active.tp_layers:
+            hidden = _overwrite_pst(hidden, active.rows, active.pst_positions, active.last_positions)
+            changed = True
+        if active.mask_pst_layer == self.index and active.pst_positions is not None:
+            kwargs = dict(kwargs, attention_mask=_mask_pst_keys(kwargs.get("attention_mask"), hidden, active))
+            changed = True
+        if not changed:
+            return None
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, dict(kwargs, hidden_states=hidden)
+
+
+class _PostHook:
+    """Runs after decoder layer `index`: its output is hidden_states[index + 1]."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict, output):
+        active = _ACTIVE.get()
+        if active is None:
+            return None
+        k = self.index + 1
+        if k in active.capture_layers:
+            hidden = output[0] if isinstance(output, tuple) else output
+            active.captured[k] = hidden[active.rows, active.last_positions]
+            if active.stop_after == k:
+                raise _EarlyExit
+        return None
+
+
+def _overwrite_pst(hidden: Tensor, rows: Tensor, pst_positions: Tensor, last_positions: Tensor) -> Tensor:
+    """h[b, pst[b, j]] = h[b, last[b]] for every <PST> slot j; out of place, so stored states stay intact."""
+    n = pst_positions.shape[1]
+    source = hidden[rows, last_positions].unsqueeze(1).expand(-1, n, -1)
+    return hidden.index_put((rows.unsqueeze(1).expand(-1, n), pst_positions), source)
+
+
+def _mask_pst_keys(mask, hidden: Tensor, active: _ActivePass):
+    """A 4-D additive/boolean mask of this layer with the <PST> key columns hidden from every query but itself."""
+    batch, q_len = hidden.shape[0], hidden.shape[1]
+    if mask is None:  # SDPA's implicit causal mask: materialise it (no cache is used with this ablation)
+        mask = torch.ones(q_len, q_len, dtype=torch.bool, device=hidden.device).tril()[None, None]
+    if mask.dim() != 4:
+        raise ValueError(
+            "mask_pst_first_layer needs a 4-D attention mask (attn_implementation 'eager' or 'sdpa'); this model "
+            f"passed {type(mask).__name__} to its layers. Load it with model_kwargs={{'attn_implementation': 'eager'}}."
+        )
+    mask = mask.expand(batch, -1, -1, -1).clone()
+    offset = mask.shape[-1] - q_len  # keys from a prefix cache come first
+    hide = torch.ones(batch, q_len, active.pst_positions.shape[1], dtype=torch.bool, device=hidden.device)
+    query_is_pst = torch.arange(q_len, device=hidden.device)[None, :, None] == active.pst_positions[:, None, :]
+    hide &= ~query_is_pst  # a <PST> still attends to itself, so no query row is left fully masked
+    cols = (active.pst_positions + offset)[:, None, :].expand(-1, q_len, -1)
+    blocked = torch.zeros_like(mask[:, 0], dtype=torch.bool).scatter(-1, cols, hide)
+    if mask.dtype == torch.bool:
+        mask &= ~blocked[:, None]
+    else:
+        mask = mask.masked_fill(blocked[:, None], torch.finfo(mask.dtype).min)
+    return mask
+
+
+def find_decoder(model: nn.Module) -> nn.Module:
+    """The base decoder (the module that owns `layers`, `get_input_embeddings` and the final norm)."""
+    candidates = [model, getattr(model, "model", None), getattr(model, "language_model", None)]
+    candidates.append(getattr(candidates[1], "language_model", None))
+    for candidate in candidates:
+        if candidate is not None and isinstance(getattr(candidate, "layers", None), nn.ModuleList):
+            if getattr(getattr(candidate, "config", None), "is_encoder_decoder", False):
+                break
+            return candidate
+    raise ValueError(
+        f"{type(model).__name__} is not a supported decoder-only model: Token Prepending needs a base model that "
+        "exposes its decoder layers as `.layers` (nn.ModuleList) and its embeddings via `get_input_embeddings()`, "
+        "as Llama, Mistral, Qwen2/3, Gemma/Gemma2/Gemma3, Phi-3 and OLMo2 do. Encoder and encoder-decoder models "
+        "are not supported."
+    )
+
+
+def install_hooks(decoder: nn.Module) -> None:
+    """Attach the TP hooks to every decoder layer once; idempotent and thread-safe."""
+    with _INSTALL_LOCK:
+        if getattr(decoder, "_st_tp_hooked_layers", None) == len(decoder.layers):
+            return
+        for index, layer in enumerate(decoder.layers):
+            if any(isinstance(h, _PreHook) for h in layer._forward_pre_hooks.values()):
+                continue
+            layer.register_forward_pre_hook(_PreHook(index), with_kwargs=True)
+            layer.register_forward_hook(_PostHook(index), with_kwargs=True)
+        decoder._st_tp_hooked_layers = len(decoder.layers)
+
+
+def resolve_layer(output_layer: int, num_layers: int) -> int:
+    """hidden_states index in 0..L, from an index that may be negative (-1 = L = final-normed output)."""
+    if not -(num_layers + 1) <= output_layer <= num_layers:
+        raise ValueError(
+            f"output_layer={output_layer} is outside the model, which has {num_layers} decoder layers. Allowed: "
+            f"{-(num_layers + 1)}..{num_layers} (0 = embeddings, k = input of layer k, {num_layers} or -1 = "
+            "final-normed output, -2 = input of the last layer)."
+        )
+    return output_layer % (num_layers + 1)
+
+
+def last_token_positions(attention_mask: Tensor) -> Tensor:
+    """Column of the last real token per row; right for left padding, right padding and none."""
+    columns = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.bool() * columns).argmax(dim=1)
+
+
+@contextlib.contextmanager
+def _active(active: _ActivePass) -> Iterator[_ActivePass]:
+    token = _ACTIVE.set(active)
+    try:
+        yield active
+    finally:
+        _ACTIVE.reset(token)
+
+
+def run_layers(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    pst_positions: Tensor | None,
+    *,
+    tp_layers: Collection[int],
+    capture: Collection[int],
+    pst_embedding: Tensor | None = None,
+    prefix: PrefixKV | None = None,
+    mask_pst_layer: int | None = None,
+    num_layers: int | None = None,
+) -> dict[int, Tensor]:
+    """One TP forward; returns {hidden_states index: last-token states [B, H]} for every index in `capture`.
+
+    Layers after the deepest captured index never run. `num_layers` is L of the *unpruned* model (default:
+    len(layers)); index L is the final-normed output and needs every layer. Negative indices must already be
+    resolved with `resolve_layer`.
+    """
+    decoder = find_decoder(model)
+    install_hooks(decoder)
+    num_layers = len(decoder.layers) if num_layers is None else num_layers
+    deepest = max(capture)
+    if deepest > len(decoder.layers) and deepest != num_layers:
+        raise ValueError(f"hidden_states[{deepest}] needs {deepest} layers; this (pruned) model has {len(decoder.layers)}.")
+    needs_norm = deepest == num_layers  # hidden_states[L] is the final-normed output
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    if pst_positions is not None and pst_positions.dim() == 1:
+        pst_positions = pst_positions.unsqueeze(1)
+    last = last_token_positions(attention_mask)
+
+    embeddings = decoder.get_input_embeddings()
+    if pst_positions is not None:  # the <PST> slots may hold any id (even one outside the vocabulary)
+        input_ids = input_ids.index_put((rows.unsqueeze(1).expand_as(pst_positions), pst_positions), torch.zeros_like(pst_positions))
+    inputs_embeds = embeddings(input_ids)
+    if pst_positions is not None:
+        pst = torch.zeros(inputs_embeds.shape[-1]) if pst_embedding is None else pst_embedding
+        # Scaled-embedding models (Gemma) scale inside the embedding module: scale <PST> as if it were a row.
+        pst = (pst.to(inputs_embeds.device, torch.float32) * getattr(embeddings, "embed_scale", 1.0)).to(inputs_embeds.dtype)
+        n = pst_positions.shape[1]
+        inputs_embeds = inputs_embeds.index_put(
+            (rows.unsqueeze(1).expand(-1, n), pst_positions), pst.expand(input_ids.shape[0], n, -1)
+        )
+
+    # Positions count real tokens only, so a row's result does not depend on the padding its batch needs.
+    past = prefix.length if prefix is not None else 0
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0) + past
+    cache = None
+    if prefix is not None:
+        cache = prefix.expand(input_ids.shape[0])
+        attention_mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], past), attention_mask], dim=1)
+
+    active = _ActivePass(
+        rows=rows,
+        last_positions=last,
+        pst_positions=pst_positions,
+        tp_layers=frozenset(tp_layers),
+        capture_layers=frozenset(k for k in capture if k < num_layers),
+        stop_after=None if needs_norm else deepest,
+        mask_pst_layer=mask_pst_layer,
+    )
+    with _active(active):
+        try:
+            output = decoder(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=cache is not None,
+            )
+        except _EarlyExit:
+            output = None
+    if needs_norm:
+        active.captured[num_layers] = output.last_hidden_state[rows, last]
+    return active.captured
+
+
+def tp_forward(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    pst_positions: Tensor | None,
+    *,
+    tp_start: int,
+    tp_end: int,
+    output_layer: int,
+    pst_embedding: Tensor | None = None,
+) -> Tensor:
+    """Token Prepending on token ids; returns the last real token's state at `output_layer`, shape [B, H].
+
+    `model` is a Hugging Face causal LM or its base model. The rows at `pst_positions` (LongTensor [B] or
+    [B, n]; None = no TP) are embedded as `pst_embedding` (zeros by default) whatever id they hold.
+    """
+    if pst_positions is not None and tp_end <= tp_start:
+        raise ValueError(f"tp_end ({tp_end}) must be greater than tp_start ({tp_start}) when pst_positions are given.")
+    if input_ids.shape != attention_mask.shape:
+        raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} differ in shape.")
+    exit_layer = resolve_layer(output_layer, len(find_decoder(model).layers))
+    captured = run_layers(
+        model,
+        input_ids,
+        attention_mask,
+        pst_positions,
+        tp_layers=range(tp_start, tp_end),
+        capture=[exit_layer],
+        pst_embedding=pst_embedding,
+    )
+    return captured[exit_layer]
+
+
+@dataclass
+class PrefixKV:
+    """Keys and values of a prompt prefix shared by every input, computed once, reused for every batch.
+
+    Exact for TP: the prefix comes before every <PST> slot, so under causal attention nothing that TP
+    changes can reach it.
+    """
+
+    length: int
+    layers: list[tuple[Tensor, Tensor]]  # per decoder layer that runs: keys, values [1, heads, P, d]
+    config: object
+
+    @classmethod
+    @torch.no_grad()
+    def compute(cls, model: nn.Module, prefix_ids: list[int], num_layers: int, device, dtype) -> PrefixKV:
+        decoder = find_decoder(model)
+        install_hooks(decoder)
+        ids = torch.tensor([prefix_ids], device=device)
+        cache = DynamicCache(config=decoder.config)
+        active = _ActivePass(  # run only the layers whose keys/values are needed, then stop
+            rows=torch.zeros(1, dtype=torch.long, device=device),
+            last_positions=torch.tensor([len(prefix_ids) - 1], device=device),
+            pst_positions=None,
+            tp_layers=frozenset(),
+            capture_layers=frozenset([num_layers]),
+            stop_after=num_layers,
+        )
+        with _active(active), contextlib.suppress(_EarlyExit):
+            decoder(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache, use_cache=True)
+        layers = [(layer.keys, layer.values) for layer in cache.layers[:num_layers]]
+        return cls(length=len(prefix_ids), layers=layers, config=decoder.config)
+
+    def expand(self, batch_size: int) -> DynamicCache:
+        """A fresh cache for one batch (a forward appends to it, so it is never shared)."""
+        cache = DynamicCache(config=self.config)
+        for index, (keys, values) in enumerate(self.layers):
+            cache.update(keys.expand(batch_size, -1, -1, -1), values.expand(batch_size, -1, -1, -1), index)
+        return cache

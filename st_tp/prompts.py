@@ -1,0 +1,186 @@
+"""Embedding prompts, sentence preprocessing, and tokenization around the <PST> marker.
+
+Token ids follow the official pipeline exactly: the TP prompt's ids are the vanilla prompt's ids with the
+<PST> id(s) inserted where the marker stood. No token is added to the tokenizer: the <PST> slot holds a
+placeholder id and its input vector is written in embedding space by the TP forward, so nothing in the
+vocabulary is resized and a user's literal "<PST>" text stays ordinary text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+PST = "<PST>"
+TEXT = "{text}"
+
+_EOL = ' this sentence : <PST> "{text}" '
+PROMPTS: dict[str, tuple[str, ...]] = {
+    # PromptEOL (Jiang et al., 2023)
+    "prompteol": ('This sentence : <PST> "{text}" means in one word:"',),
+    # Pretended CoT and Knowledge Enhancement (Zhang et al., 2024)
+    "cot": ('After thinking step by step ,' + _EOL + 'means in one word:"',),
+    "ke": (
+        "The essence of a sentence is often captured by its main subjects and actions, while descriptive terms "
+        "provide additional but less central details. With this in mind ," + _EOL + 'means in one word:"',
+    ),
+    # MetaEOL (Lei et al., 2024): 8 meta-task prompts, embeddings averaged
+    "metaeol": (
+        "In this task, you're presented with a text excerpt. Your task is to categorize the excerpt into a broad "
+        "category such as 'Education', 'Technology', 'Health', 'Business', 'Environment', 'Politics', or 'Culture'. "
+        "These categories help in organizing content for better accessibility and targeting. For this task,"
+        + _EOL + 'should be classified under one general category in one word:"',
+        "In this task, you're given a statement and you need to determine whether it's presenting an 'Opinion' or "
+        "a 'Fact'. This distinction is vital for information verification, educational purposes, and content "
+        "analysis. For this task," + _EOL + 'discriminates between opinion and fact in one word:"',
+        "In this task, you're given a review from an online platform. Your task is to generate a rating for the "
+        "product based on the review on a scale of 1-5, where 1 means 'extremely negative' and 5 means "
+        "'extremely positive'. For this task," + _EOL + 'reflects the sentiment in one word:"',
+        "In this task, you're reading a personal diary entry. Your task is to identify the predominant emotion "
+        "expressed, such as joy, sadness, anger, fear, or love. For this task," + _EOL + 'conveys the emotion in one word:"',
+        "In this task, you're presented with two sentences. Your task is to assess whether the sentences convey "
+        "the same meaning. Use 'identical', 'similar', 'different', or 'unrelated' to describe the relationship. "
+        "To enhance the performance of this task," + _EOL + 'means in one word:"',
+        "In this task, you're given a sentence and a phrase. Your task is to determine if the phrase can be a "
+        "contextual synonym within the given sentence. Options include 'yes', 'no', or 'partially'. To enhance "
+        "the performance of this task," + _EOL + 'means in one word:"',
+        "In this task, you're examining a news article. Your task is to extract the most critical fact from the "
+        "article. For this task," + _EOL + 'encapsulates the key fact in one word:"',
+        "In this task, you're reviewing a scientific abstract. Your task is to identify the main entities (e.g., "
+        "proteins, diseases) and their relations (e.g., causes, treats). For this task,"
+        + _EOL + 'highlights the primary entity or relation in one word:"',
+    ),
+    # The paper's appendix A.3 prompts A-D
+    "prompt_a": ("The representative word for sentence <PST> '{text}' is:",),
+    "prompt_b": ("Summarize sentence <PST> '{text}' in one word.",),
+    "prompt_c": ("Given the keyword <PST>, this sentence: '{text}' means in one word.",),
+    "prompt_d": ("This sentence: <PST> and '{text}' means in one word.",),
+    # Appendix A.7: no prompt, <PST> right before the sentence
+    "none": ("<PST> {text}",),
+}
+PROMPTS["pretended_cot"] = PROMPTS["cot"]
+PROMPTS["knowledge"] = PROMPTS["ke"]
+
+
+def resolve_templates(prompt_method: str, template: str | list[str] | None) -> tuple[str, ...]:
+    if template is not None:
+        return (template,) if isinstance(template, str) else tuple(template)
+    return PROMPTS[prompt_method]
+
+
+def preprocess_sentence(sentence: str) -> str:
+    """The reference code's preprocessing, in its order: append '.' unless the text ends in . ? " ',
+    then '"' -> "'", then a trailing '?' -> '.'. (Stripping happens on the filled prompt.)"""
+    if not sentence or sentence[-1] not in ".?\"'":
+        sentence += "."
+    sentence = sentence.replace('"', "'")
+    if sentence.endswith("?"):
+        sentence = sentence[:-1] + "."
+    return sentence
+
+
+def remove_pst(template: str) -> str:
+    """The vanilla twin of a TP template: the marker goes, with one space next to it."""
+    head, sep, tail = template.partition(PST)
+    if not sep:
+        return template
+    if tail.startswith(" "):
+        tail = tail[1:]
+    elif head.endswith(" "):
+        head = head[:-1]
+    return remove_pst(head + tail)  # any further markers (a template may carry several)
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    input_ids: list[int]
+    pst_positions: list[int]  # empty without TP
+    prefix_cached: bool  # input_ids starts with the template's shared prefix ids
+
+
+class PromptEncoder:
+    """Turns a sentence into the token ids of one template, with <PST> slots and a cacheable prefix.
+
+    For each template, the split point is where the marker stands (or, without a marker, where the sentence
+    starts). The ids before it are the same for every sentence: the `prefix_ids` a KV cache can reuse.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        template: str,
+        *,
+        tp: bool,
+        num_pst: int = 1,
+        preprocess: bool = True,
+        max_seq_length: int = 512,
+        placeholder_id: int = 0,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.tp = tp
+        self.num_pst = num_pst
+        self.preprocess = preprocess
+        self.max_seq_length = max_seq_length
+        self.placeholder_id = placeholder_id
+        self.template = template
+        self.vanilla_template = remove_pst(template)
+        # Where <PST> goes in the vanilla prompt: the marker's place after the marker and one space are removed.
+        marker_at = template.find(PST)
+        self.split_char = len(remove_pst(template[:marker_at] + PST)) if marker_at >= 0 else self.vanilla_template.find(TEXT)
+        self.split_char = min(self.split_char, self.vanilla_template.find(TEXT))
+        self.prefix_ids = self._tokenize(self.vanilla_template[: self.split_char].strip(), special=True)
+
+    def _tokenize(self, text: str, special: bool) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+
+    def fill(self, sentence: str) -> str:
+        """The exact prompt string of the official pipeline (vanilla or TP, marker kept)."""
+        sentence = preprocess_sentence(sentence) if self.preprocess else sentence
+        template = self.template if self.tp else self.vanilla_template
+        return template.replace(TEXT, sentence, 1).strip()
+
+    def encode(self, sentence: str) -> EncodedPrompt:
+        encoded = self._encode(sentence)
+        if len(encoded.input_ids) > self.max_seq_length:
+            encoded = self._truncate(sentence, encoded)
+        return encoded
+
+    def _encode(self, sentence: str) -> EncodedPrompt:
+        if self.preprocess:
+            sentence = preprocess_sentence(sentence)
+        vanilla = self.vanilla_template.replace(TEXT, sentence, 1)
+        lead = len(vanilla) - len(vanilla.lstrip())
+        vanilla = vanilla.strip()
+        split = max(self.split_char - lead, 0)
+        ids = self._tokenize(vanilla, special=True)
+        head = self._tokenize(vanilla[:split].rstrip(), special=True)
+        if ids[: len(head)] != head:
+            # The split point falls inside a token (e.g. '"<PST>A'): tokenize both sides on their own.
+            ids = head + self._tokenize(vanilla[len(vanilla[:split].rstrip()) :], special=False)
+        pst_positions: list[int] = []
+        if self.tp:
+            pst_positions = list(range(len(head), len(head) + self.num_pst))
+            ids = ids[: len(head)] + [self.placeholder_id] * self.num_pst + ids[len(head) :]
+        prefix = self.prefix_ids
+        return EncodedPrompt(ids, pst_positions, prefix_cached=ids[: len(prefix)] == prefix)
+
+    def _truncate(self, sentence: str, encoded: EncodedPrompt) -> EncodedPrompt:
+        """Cut the sentence (never the template) until the prompt fits, so the last token stays the prompt's."""
+        for _ in range(8):
+            excess = len(encoded.input_ids) - self.max_seq_length
+            if excess <= 0:
+                return encoded
+            pieces = self.tokenizer(sentence, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            keep = len(pieces) - excess - 1
+            if keep <= 0:
+                sentence = ""
+            else:
+                sentence = sentence[: pieces[keep][0]].rstrip()
+            encoded = self._encode(sentence)
+        if len(encoded.input_ids) > self.max_seq_length:
+            raise ValueError(
+                f"max_seq_length={self.max_seq_length} is shorter than the prompt template alone "
+                f"({len(encoded.input_ids)} tokens with an empty sentence); raise max_seq_length."
+            )
+        return encoded
