@@ -1,0 +1,80 @@
+"""The MTEB runner end to end: mteb's mock tasks of every appendix kind, and local STS-B data."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from mteb.mocks.mock_tasks.classification import MockClassificationTask
+from mteb.mocks.mock_tasks.clustering import MockClusteringTask
+from mteb.mocks.mock_tasks.pair_classification import MockPairClassificationTask
+from mteb.mocks.mock_tasks.reranking import MockRerankingTask
+from mteb.mocks.mock_tasks.sts import MockSTSTask
+from mteb.mocks.mock_tasks.summarization import MockSummarizationTask
+from scipy.stats import spearmanr
+
+import st_tp
+from st_tp.cli import main
+from st_tp.evaluation import TASK_SETS, run_mteb
+
+
+def test_mock_tasks_of_every_kind(tiny_llama, tmp_path):
+    tasks = [MockClassificationTask(), MockPairClassificationTask(), MockClusteringTask(), MockRerankingTask(),
+             MockSTSTask(), MockSummarizationTask()]
+    vanilla = st_tp.build(tiny_llama, tp=False, output_layer=-1, device="cpu")
+    vanilla.model_card_data.model_name = "vanilla"
+    tp = st_tp.build(tiny_llama, tp_start=1, tp_end=3, output_layer=3, device="cpu")
+    tp.model_card_data.model_name = "tp"
+    scores = run_mteb([vanilla, tp], tasks, tmp_path, batch_size=4, verbose=False)
+    assert set(scores) == {"vanilla", "tp"}
+    for label in scores:
+        assert set(scores[label]) == {t.metadata.name for t in tasks}
+        assert all(np.isfinite(v) for v in scores[label].values())
+        result_files = list((tmp_path / "results").rglob("*.json"))
+        assert {p.stem for p in result_files} >= {t.metadata.name for t in tasks}
+    summary = (tmp_path / "summary.md").read_text()
+    for category in ["Classification", "PairClassification", "Clustering", "Reranking", "STS", "Summarization"]:
+        assert f"## {category}" in summary
+    sts_row = next(line for line in summary.splitlines() if line.startswith("| MockSTSTask"))
+    cells = [c.strip() for c in sts_row.strip("|").split("|")]
+    assert float(cells[2]) == pytest.approx(100 * scores["vanilla"]["MockSTSTask"], abs=0.006)
+    assert float(cells[4]) == pytest.approx(100 * (scores["tp"]["MockSTSTask"] - scores["vanilla"]["MockSTSTask"]), abs=0.011)
+
+    # resume: a second run finds every task in mteb's results cache and re-encodes nothing
+    calls = []
+    original = tp.encode
+    tp.encode = lambda *a, **k: calls.append(1) or original(*a, **k)
+    again = run_mteb([vanilla, tp], tasks, tmp_path, batch_size=4, verbose=False)
+    assert not calls
+    for label in scores:  # mteb stores scores rounded to 5 decimals
+        assert again[label] == pytest.approx(scores[label], abs=1e-5)
+
+
+def test_local_stsb_slice_matches_own_spearman(tmp_path, data_dir, golden_dir):
+    model_dir = tmp_path / "golden-tp"
+    main(["build", str(golden_dir / "llama" / "model"), "--out", str(model_dir), "--set", "tp_end=4",
+          "--set", "output_layer=6", "--dtype", "float32", "--device", "cpu"])
+    out = tmp_path / "results"
+    main(["mteb", str(model_dir), "--tasks", "STSBenchmark", "--local-data", str(data_dir), "--limit", "120",
+          "--output-folder", str(out), "--batch-size", "16", "--device", "cpu"])
+    result = json.loads(next(out.rglob("STSBenchmark-local.json")).read_text())
+    reported = result["scores"]["test"][0]["main_score"]
+
+    with open(data_dir / "raw" / "stsb.test.tsv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[:120]
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(model_dir), trust_remote_code=True, device="cpu")
+    a = model.encode([r["sentence1"] for r in rows], normalize_embeddings=True)
+    b = model.encode([r["sentence2"] for r in rows], normalize_embeddings=True)
+    own = spearmanr([float(r["score"]) for r in rows], (a * b).sum(1)).statistic
+    assert reported == pytest.approx(own, abs=1e-6)
+    assert "STSBenchmark-local" in (out / "summary.md").read_text()
+
+
+def test_appendix_list_needs_no_download(capsys):
+    main(["mteb", "--tasks", "appendix", "--list"])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == "39 tasks" and len(printed) == 40
+    assert len(TASK_SETS["appendix"]) == 39
+    assert any("STSBenchmark" in line and "STSBenchmark.v2" in line for line in printed)

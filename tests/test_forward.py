@@ -1,0 +1,107 @@
+"""The TP forward on every supported backbone, against the naive official-style reference."""
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModel, BertConfig, BertModel
+
+from st_tp.forward import last_token_positions, resolve_layer, tp_forward
+from st_tp.reference import naive_tp_forward
+from tests.tiny_models import ARCHS, make_tiny
+
+
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory, tiny_llama):
+    root = tmp_path_factory.mktemp("backbones")
+    return {arch: make_tiny(arch, root / arch, tiny_llama) for arch in ARCHS}
+
+
+def _batch(seed=0, lengths=(11, 7, 15)):
+    generator = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):  # left padding, as st_tp pads
+        ids[row, width - n :] = torch.randint(3, 32000, (n,), generator=generator)
+        mask[row, width - n :] = 1
+    pst = torch.tensor([width - n + 3 for n in lengths])
+    return ids, mask, pst
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_backbone_matches_reference(backbones, arch):
+    model = AutoModel.from_pretrained(backbones[arch], dtype=torch.float32)
+    ids, mask, pst = _batch()
+    for tp_start, tp_end, output_layer in [(1, 4, 5), (0, 3, -1), (2, 99, -2)]:
+        with torch.inference_mode():
+            fast = tp_forward(model, ids, mask, pst, tp_start=tp_start, tp_end=tp_end, output_layer=output_layer)
+            vanilla = tp_forward(model, ids, mask, None, tp_start=tp_start, tp_end=tp_end, output_layer=output_layer)
+            # the reference has no padding-aware positions, so compare row by row without padding
+            for row in range(len(ids)):
+                real = mask[row].bool()
+                ref = naive_tp_forward(
+                    model, ids[row : row + 1, real], mask[row : row + 1, real], pst[row : row + 1] - (~real).sum(),
+                    tp_layers=list(range(tp_start, tp_end)), output_layer=output_layer,
+                )
+                torch.testing.assert_close(fast[row], ref[0], atol=1e-5, rtol=0)
+        assert (fast - vanilla).abs().max() > 1e-3, "TP must change the embedding"
+
+
+def test_right_padding_and_batch_independence(backbones):
+    model = AutoModel.from_pretrained(backbones["llama"], dtype=torch.float32)
+    ids, mask, pst = _batch()
+    with torch.inference_mode():
+        left = tp_forward(model, ids, mask, pst, tp_start=1, tp_end=4, output_layer=5)
+        # the same rows right-padded
+        lengths = mask.sum(1)
+        right_ids, right_mask = torch.zeros_like(ids), torch.zeros_like(mask)
+        for row, n in enumerate(lengths):
+            right_ids[row, :n] = ids[row, -n:]
+            right_mask[row, :n] = 1
+        right = tp_forward(model, right_ids, right_mask, pst - (ids.shape[1] - lengths), tp_start=1, tp_end=4, output_layer=5)
+        alone = torch.cat([tp_forward(model, ids[r : r + 1, -n:], mask[r : r + 1, -n:], pst[r : r + 1] - (ids.shape[1] - n),
+                                      tp_start=1, tp_end=4, output_layer=5) for r, n in enumerate(lengths)])
+    torch.testing.assert_close(left, right, atol=1e-5, rtol=0)
+    torch.testing.assert_close(left, alone, atol=1e-5, rtol=0)
+
+
+def test_early_exit_skips_later_layers(backbones):
+    model = AutoModel.from_pretrained(backbones["llama"], dtype=torch.float32)
+    ran = []
+    handles = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, layer in enumerate(model.layers)]
+    ids, mask, pst = _batch()
+    with torch.inference_mode():
+        tp_forward(model, ids, mask, pst, tp_start=1, tp_end=3, output_layer=3)
+    for handle in handles:
+        handle.remove()
+    assert ran == [0, 1, 2]
+
+
+def test_causal_lm_and_hooks_are_inert_outside_a_pass(backbones):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(backbones["qwen2"], dtype=torch.float32)
+    ids, mask, _ = _batch()
+    with torch.inference_mode():
+        before = model(input_ids=ids, attention_mask=mask).logits
+        tp_forward(model, ids, mask, None, tp_start=1, tp_end=3, output_layer=3)  # installs the hooks
+        after = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(before, after, atol=0, rtol=0)
+
+
+def test_layer_resolution_and_errors():
+    assert resolve_layer(-1, 8) == 8 and resolve_layer(-2, 8) == 7 and resolve_layer(0, 8) == 0
+    with pytest.raises(ValueError, match="outside the model"):
+        resolve_layer(9, 8)
+    with pytest.raises(ValueError, match="outside the model"):
+        resolve_layer(-10, 8)
+    assert last_token_positions(torch.tensor([[0, 1, 1], [1, 1, 0], [1, 0, 0]])).tolist() == [2, 1, 0]
+
+
+def test_unsupported_model_is_named():
+    bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+    ids = torch.ones(1, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="BertModel is not a supported decoder-only model.*`.layers`"):
+        tp_forward(bert, ids, ids, None, tp_start=1, tp_end=2, output_layer=1)
+    with pytest.raises(ValueError, match="not a supported"):
+        tp_forward(nn.Linear(2, 2), ids, ids, None, tp_start=1, tp_end=2, output_layer=1)
