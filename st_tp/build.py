@@ -37,4 +37,8 @@ def build(
     tp_config = tp_config.replace(**overrides)
     module = TokenPrepending(base_model, tp_config, model_kwargs=model_kwargs)
     device = tp_config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return SentenceTransformer(modules=[module], device=device)
+    model = SentenceTransformer(modules=[module], device=device)
+    # The model card names the base model and lists the TP settings (the module's repr); no hub lookup.
+    model.model_card_data.base_model = base_model
+    model.model_card_data.add_tags(["token-prepending", "st_tp", f"prompt-{tp_config.prompt_method}"])
+    return model

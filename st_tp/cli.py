@@ -89,8 +89,9 @@ def main(argv: list[str] | None = None) -> None:
 def _extra_commands():
     """Subcommands that live beside their code (evaluation, sweep)."""
     from st_tp.evaluation.cli import register as register_mteb
+    from st_tp.sweep import register as register_sweep
 
-    return [register_mteb]
+    return [register_mteb, register_sweep]
 
 
 if __name__ == "__main__":

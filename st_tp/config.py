@@ -56,6 +56,8 @@ class TPConfig:
     """Hide the <PST> key from attention in decoder layer 0, where it still holds its init (paper A.5)."""
     tp_resume_layer: int | None = None
     """Resume TP before this layer and keep it on until the output (paper A.6)."""
+    on_nonfinite: str = "raise"
+    """NaN/inf embeddings: "raise" a clear error, or "float32": warn, switch the model to float32, and redo."""
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -88,6 +90,8 @@ class TPConfig:
             raise ValueError(f"Unknown pst_init {self.pst_init!r}. Allowed: zeros, ones, normal[:seed], uniform[:seed], token:<text>.")
         if self.dtype not in DTYPES:
             raise ValueError(f"Unknown dtype {self.dtype!r}. Allowed: {', '.join(DTYPES)}.")
+        if self.on_nonfinite not in ("raise", "float32"):
+            raise ValueError(f"on_nonfinite must be 'raise' or 'float32', got {self.on_nonfinite!r}.")
         if self.max_seq_length < 4:
             raise ValueError(f"max_seq_length must be at least 4 tokens, got {self.max_seq_length}.")
         if self.num_pst < 1:
@@ -149,6 +153,7 @@ def _check_types(config: TPConfig) -> None:
         "num_pst": (int,),
         "mask_pst_first_layer": (bool,),
         "tp_resume_layer": (int, type(None)),
+        "on_nonfinite": (str,),
     }
     for name, types in expected.items():
         value = getattr(config, name)

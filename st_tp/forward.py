@@ -36,7 +36,10 @@ class _ActivePass:
     capture_layers: frozenset[int]  # hidden_states indices (< L) whose last-token state we keep
     stop_after: int | None  # the forward stops once hidden_states[stop_after] is captured
     mask_pst_layer: int | None = None  # layer whose attention hides the <PST> keys (paper A.5)
+    save_inputs: frozenset[int] = frozenset()  # layers whose full input (before any overwrite) is kept
     captured: dict[int, Tensor] = field(default_factory=dict)
+    saved_inputs: dict[int, Tensor] = field(default_factory=dict)
+    layer_calls: dict[int, tuple[tuple, dict]] = field(default_factory=dict)  # args/kwargs, when saving inputs
 
 
 _ACTIVE: ContextVar[_ActivePass | None] = ContextVar("st_tp_active_pass", default=None)
@@ -62,6 +65,10 @@ class _PreHook:
         if active is None:
             return None
         hidden = _hidden(args, kwargs)
+        if active.save_inputs:  # the sweep continues from here later, so keep the input and the call's kwargs
+            if self.index in active.save_inputs:
+                active.saved_inputs[self.index] = hidden
+            active.layer_calls[self.index] = (args[1:], kwargs)
         if self.index == 0 and 0 in active.capture_layers:
             active.captured[0] = hidden[active.rows, active.last_positions]
             if active.stop_after == 0:
@@ -198,12 +205,13 @@ def run_layers(
     prefix: PrefixKV | None = None,
     mask_pst_layer: int | None = None,
     num_layers: int | None = None,
-) -> dict[int, Tensor]:
+    save_inputs: Collection[int] = (),
+) -> dict[int, Tensor] | tuple[dict[int, Tensor], _ActivePass]:
     """One TP forward; returns {hidden_states index: last-token states [B, H]} for every index in `capture`.
 
     Layers after the deepest captured index never run. `num_layers` is L of the *unpruned* model (default:
     len(layers)); index L is the final-normed output and needs every layer. Negative indices must already be
-    resolved with `resolve_layer`.
+    resolved with `resolve_layer`. With `save_inputs`, also returns the pass (saved layer inputs and kwargs).
     """
     decoder = find_decoder(model)
     install_hooks(decoder)
@@ -246,6 +254,7 @@ def run_layers(
         capture_layers=frozenset(k for k in capture if k < num_layers),
         stop_after=None if needs_norm else deepest,
         mask_pst_layer=mask_pst_layer,
+        save_inputs=frozenset(save_inputs),
     )
     with _active(active):
         try:
@@ -260,7 +269,28 @@ def run_layers(
             output = None
     if needs_norm:
         active.captured[num_layers] = output.last_hidden_state[rows, last]
-    return active.captured
+    return (active.captured, active) if save_inputs else active.captured
+
+
+def continue_layers(model: nn.Module, active: _ActivePass, start: int) -> dict[int, Tensor]:
+    """Resume a recorded pass at layer `start` from its saved input, without TP, through the final norm.
+
+    Used by the sweep: runs with different tp_end share every layer before tp_end, so each continues from the
+    largest run's saved state. The layer calls reuse the recorded kwargs (masks, rotary embeddings), which do
+    not depend on TP, so this works for any architecture the hooks support.
+    """
+    decoder = find_decoder(model)
+    if not isinstance(getattr(decoder, "norm", None), nn.Module):
+        raise ValueError(f"{type(decoder).__name__} has no final `norm` module; the sweep needs it for output_layer=-1.")
+    hidden = active.saved_inputs[start]
+    captured = {}
+    for index in range(start, len(decoder.layers)):
+        args, kwargs = active.layer_calls[index]
+        output = decoder.layers[index](hidden, *args, **kwargs)
+        hidden = output[0] if isinstance(output, tuple) else output
+        captured[index + 1] = hidden[active.rows, active.last_positions]
+    captured[len(decoder.layers)] = decoder.norm(hidden)[active.rows, active.last_positions]
+    return captured
 
 
 def tp_forward(

@@ -7,6 +7,7 @@ import copy
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
@@ -45,6 +46,28 @@ def truncate_config(hf_config, num_layers: int) -> None:
         if isinstance(value, list) and len(value) == total:
             setattr(hf_config, name, value[:num_layers])
     hf_config.num_hidden_layers = num_layers
+
+
+def collate(encoders: list[PromptEncoder], texts: list[str], pad_token_id: int) -> dict[str, Tensor]:
+    """Token ids of every text under every template (template-major rows), left-padded, with <PST> columns and,
+    per template, the length of the shared prefix that every row starts with (0 = no cache for this batch)."""
+    encoded = [encoder.encode(text) for encoder in encoders for text in texts]
+    width = max(len(e.input_ids) for e in encoded)
+    input_ids = torch.full((len(encoded), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, e in enumerate(encoded):
+        input_ids[row, width - len(e.input_ids) :] = torch.tensor(e.input_ids)
+        attention_mask[row, width - len(e.input_ids) :] = 1
+    pst_positions = torch.tensor([[width - len(e.input_ids) + p for p in e.pst_positions] for e in encoded], dtype=torch.long)
+    rows_per_template = len(texts)
+    prefix_lengths = torch.tensor(
+        [
+            len(enc.prefix_ids) if all(e.prefix_cached for e in encoded[g * rows_per_template : (g + 1) * rows_per_template]) else 0
+            for g, enc in enumerate(encoders)
+        ],
+        dtype=torch.long,
+    )
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "pst_positions": pst_positions, "prefix_lengths": prefix_lengths}
 
 
 class TokenPrepending(InputModule):
@@ -122,21 +145,24 @@ class TokenPrepending(InputModule):
         self._prefix_lock = threading.Lock()
 
     def _build_encoders(self) -> None:
+        self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.encoders = self.make_encoders(self.tp_config.tp)
+
+    def make_encoders(self, tp: bool) -> list[PromptEncoder]:
+        """One PromptEncoder per template of this model's prompt (TP or vanilla form)."""
         c = self.tp_config
-        placeholder = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.encoders = [
+        return [
             PromptEncoder(
                 self.tokenizer,
                 template,
-                tp=c.tp,
+                tp=tp,
                 num_pst=c.num_pst,
                 preprocess=c.preprocess,
                 max_seq_length=c.max_seq_length,
-                placeholder_id=placeholder,
+                placeholder_id=self.pad_token_id,
             )
             for template in resolve_templates(c.prompt_method, c.template)
         ]
-        self.pad_token_id = placeholder
 
     # ---- configuration -------------------------------------------------------------------------------
     def get_config_dict(self) -> dict[str, Any]:
@@ -171,28 +197,9 @@ class TokenPrepending(InputModule):
             if not isinstance(text, str):
                 raise ValueError(f"TokenPrepending embeds text only; got {type(text).__name__}: {text!r:.80}.")
         texts = [prompt + text for text in inputs] if prompt else list(inputs)
-        encoded = [encoder.encode(text) for encoder in self.encoders for text in texts]
-        width = max(len(e.input_ids) for e in encoded)
-        input_ids = torch.full((len(encoded), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, e in enumerate(encoded):
-            input_ids[row, width - len(e.input_ids) :] = torch.tensor(e.input_ids)
-            attention_mask[row, width - len(e.input_ids) :] = 1
-        features = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if self.tp_config.tp:
-            features["pst_positions"] = torch.tensor(
-                [[width - len(e.input_ids) + p for p in e.pst_positions] for e in encoded], dtype=torch.long
-            )
-        # Per template: length of the shared prefix that every row starts with (0 = no cache for this batch).
-        features["prefix_lengths"] = torch.tensor(
-            [
-                len(enc.prefix_ids)
-                if all(e.prefix_cached for e in encoded[g * len(texts) : (g + 1) * len(texts)])
-                else 0
-                for g, enc in enumerate(self.encoders)
-            ],
-            dtype=torch.long,
-        )
+        features = collate(self.encoders, texts, self.pad_token_id)
+        if not self.tp_config.tp:
+            features.pop("pst_positions")
         return features
 
     # ---- forward -------------------------------------------------------------------------------------
@@ -214,7 +221,16 @@ class TokenPrepending(InputModule):
                 ).float()
             )
         embeddings = torch.stack(per_template).mean(0)  # MetaEOL averages its templates; others have one
-        self._check_finite(embeddings)
+        if not torch.isfinite(embeddings).all():
+            if self.tp_config.on_nonfinite == "float32" and next(self.auto_model.parameters()).dtype != torch.float32:
+                warnings.warn(
+                    f"{self._nonfinite_message(embeddings)} on_nonfinite='float32': switching the model to float32.",
+                    RuntimeWarning, stacklevel=2,
+                )
+                with self._prefix_lock:
+                    self.auto_model.float()
+                return self.forward(features, **kwargs)
+            raise FloatingPointError(self._nonfinite_message(embeddings))
         features["sentence_embedding"] = embeddings
         return features
 
@@ -257,17 +273,16 @@ class TokenPrepending(InputModule):
                 )
             return self._prefix_kv[key]
 
-    def _check_finite(self, embeddings: Tensor) -> None:
-        if not torch.isfinite(embeddings).all():
-            dtype = next(self.auto_model.parameters()).dtype
-            bad = (~torch.isfinite(embeddings).all(dim=1)).sum().item()
-            hint = (
-                f"The model runs in {dtype}, whose range this backbone overflows; load it with dtype='bfloat16' "
-                "or 'float32'."
-                if dtype == torch.float16
-                else "Check the model weights."
-            )
-            raise FloatingPointError(f"{bad} of {len(embeddings)} embeddings are NaN or infinite. {hint}")
+    def _nonfinite_message(self, embeddings: Tensor) -> str:
+        dtype = next(self.auto_model.parameters()).dtype
+        bad = (~torch.isfinite(embeddings).all(dim=1)).sum().item()
+        hint = (
+            f"The model runs in {dtype}, whose range this backbone overflows (Gemma-2 is known to): load it with "
+            "dtype='bfloat16' or 'float32', or set on_nonfinite='float32' to fall back automatically."
+            if dtype == torch.float16
+            else "Check the model weights and inputs."
+        )
+        return f"{bad} of {len(embeddings)} embeddings are NaN or infinite. {hint}"
 
     # ---- save / load ---------------------------------------------------------------------------------
     def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:

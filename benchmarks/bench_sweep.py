@@ -1,0 +1,70 @@
+"""Cost of the output-layer sweep vs one plain evaluation, interleaved in one run (CPU).
+
+Model: the random Llama of bench_speed.py (hidden 512, 16 layers); data: STS-B dev pairs (raw text).
+  * sweep_one:   every output layer (0..16) for one tp_end (4), in one pass per batch  (st_tp.sweep)
+  * plain_exit:  one evaluation at the paper-like setting (tp_end 4, exit 14/16) with st_tp.build + encode
+  * plain_last:  one evaluation at output_layer=-1 (every layer, as the sweep must run)
+  * sweep_many:  tp_end 2..8 (7 values) in one sweep, vs 7 x sweep_one
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_speed import _write_section, make_base  # noqa: E402
+
+DEV = ROOT.parent / "shared" / "data" / "raw" / "stsb.dev.tsv"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pairs", type=int, default=96)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+
+    import st_tp
+    from st_tp.sweep import read_pairs, sweep
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = make_base(Path(tmp) / "llama-512x16")
+        s1, s2, _ = read_pairs(DEV, args.pairs)
+        common = dict(limit=args.pairs, dtype="float32", device="cpu", show_progress_bar=False, include_vanilla=False)
+        plain_models = {
+            "plain_exit": st_tp.build(base, tp_end=4, output_layer=14, dtype="float32", device="cpu"),
+            "plain_last": st_tp.build(base, tp_end=4, output_layer=-1, dtype="float32", device="cpu"),
+        }
+        runs = {
+            "sweep_one": lambda: sweep(base, DEV, tp_ends=[4], **common),
+            "sweep_many": lambda: sweep(base, DEV, tp_ends=list(range(2, 9)), **common),
+            **{name: (lambda m=m: (m.encode(s1, batch_size=32), m.encode(s2, batch_size=32))) for name, m in plain_models.items()},
+        }
+        times = {name: [] for name in runs}
+        for _ in range(args.rounds):
+            for name, run in runs.items():
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    lines = [f"CPU float32, 2 cores; {args.pairs} STS-B dev pairs; {args.rounds} interleaved rounds, median seconds.", "",
+             "| run | median s |", "|---|---|"] + [f"| {n} | {v:.2f} |" for n, v in med.items()]
+    lines += ["", "| ratio | measured |", "|---|---|",
+              f"| full output-layer sweep (one tp_end) / one plain evaluation at exit 14/16 (goal <= 1.3) | {med['sweep_one'] / med['plain_exit']:.3f} |",
+              f"| full output-layer sweep (one tp_end) / one plain evaluation at output_layer=-1 | {med['sweep_one'] / med['plain_last']:.3f} |",
+              f"| sweep of 7 tp_end values / 7 x one-tp_end sweep (shared layers reused) | {med['sweep_many'] / (7 * med['sweep_one']):.3f} |"]
+    report = "\n".join(lines)
+    print(report)
+    if args.write:
+        _write_section("bench_sweep.py (CPU)", report)
+
+
+if __name__ == "__main__":
+    main()

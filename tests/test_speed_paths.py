@@ -1,0 +1,47 @@
+"""The fast paths (prefix KV cache, early exit, pruning, multi-process) give the plain path's embeddings."""
+
+import numpy as np
+import pytest
+
+import st_tp
+from st_tp.prompts import PROMPTS
+
+MIXED = ["Hi", "A man is playing a guitar.", "Is it going to rain tomorrow?", "",
+         "After several hours of heated debate about the budget, the council voted to postpone its decision.",
+         'She said "hello" to everyone in the room.', "Café owners in Zürich serve crème brûlée"]
+METHODS = sorted(set(PROMPTS) - {"pretended_cot", "knowledge"})
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("tp", [True, False])
+def test_prefix_cache_and_early_exit_match_plain_path(golden_dir, method, tp):
+    base = str(golden_dir / "llama" / "model")
+    settings = dict(prompt_method=method, tp=tp, tp_start=1, tp_end=4, output_layer=6, dtype="float32", device="cpu")
+    fast = st_tp.build(base, **settings)  # prefix cache on (default), pruned to 6 layers, early exit
+    assert len(fast[0].auto_model.layers) == 6
+    plain = st_tp.build(base, prefix_cache=False, **settings)
+    expected = np.stack([plain.encode([s], batch_size=1)[0] for s in MIXED])  # one at a time: no padding at all
+    got = fast.encode(MIXED, batch_size=4)  # left padding, mixed lengths, cached prefix
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    if method != "none":
+        assert fast[0]._prefix_kv, "the prefix cache should have been used"
+
+
+def test_full_depth_readout_matches_unpruned_reference(golden_dir):
+    """output_layer=-1 keeps every layer and the final norm; -2 drops the last layer."""
+    base = str(golden_dir / "llama" / "model")
+    last = st_tp.build(base, output_layer=-1, tp_end=4, dtype="float32", device="cpu")
+    penultimate = st_tp.build(base, output_layer=-2, tp_end=4, dtype="float32", device="cpu")
+    assert len(last[0].auto_model.layers) == 8 and len(penultimate[0].auto_model.layers) == 7
+
+
+def test_multi_process_pool_on_cpu(tiny_llama):
+    model = st_tp.build(tiny_llama, tp_start=1, tp_end=3, output_layer=3, device="cpu")
+    sentences = [f"Sentence number {i} about topic {i % 5}." for i in range(24)]
+    expected = model.encode(sentences, batch_size=4)
+    pool = model.start_multi_process_pool(["cpu", "cpu"])
+    try:
+        got = model.encode(sentences, pool=pool, batch_size=4, chunk_size=6)
+    finally:
+        model.stop_multi_process_pool(pool)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
