@@ -51,6 +51,8 @@ def sentences(n: int) -> list[str]:
 VARIANTS = {  # name -> build settings; "naive" marks the official-style reference path
     "tp": dict(tp_end=TP_END, output_layer=EXIT),
     "vanilla": dict(tp=False, output_layer=EXIT),
+    "tp_nocache": dict(tp_end=TP_END, output_layer=EXIT, prefix_cache=False),
+    "vanilla_nocache": dict(tp=False, output_layer=EXIT, prefix_cache=False),
     "tp_exit_half": dict(tp_end=TP_END, output_layer=LAYERS // 2),
     "tp_exit_last": dict(tp_end=TP_END, output_layer=-1),
     "naive_tp": dict(tp_end=TP_END, output_layer=-1, prefix_cache=False, naive=True),
@@ -89,11 +91,25 @@ def workload(name: str, n: int) -> list[str]:
     return sentences(n // 8 if name.startswith("metaeol") else n // 2 if name.startswith("ke") else n)
 
 
+def token_ratio(base: str, cache: bool) -> float:
+    """Tokens the forward actually computes (the cached prefix excluded), TP over vanilla, on the workload."""
+    import st_tp
+
+    counts = []
+    for tp in (True, False):
+        module = st_tp.build(base, dtype="float32", device="cpu", tp=tp, tp_end=TP_END, output_layer=EXIT)[0]
+        features = module.preprocess(sentences(192))
+        counts.append(int(features["attention_mask"].sum()) - (len(features["input_ids"]) * int(features["prefix_lengths"][0]) if cache else 0))
+    return counts[0] / counts[1]
+
+
 def peak_memory(base: str, name: str, n: int) -> float:
-    """Peak RSS (MiB) of a fresh process that builds the variant and embeds its workload."""
-    code = (f"import sys; sys.argv=['x']; sys.path.insert(0, {str(ROOT)!r}); import benchmarks.bench_speed as b, resource;"
+    """Peak RSS (MiB) of a fresh process that builds the variant and embeds its workload.
+
+    VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec, so a child would report its parent's peak."""
+    code = (f"import sys; sys.argv=['x']; sys.path.insert(0, {str(ROOT)!r}); import benchmarks.bench_speed as b;"
             f"f=b.build_variant({base!r}, {name!r}); f(b.workload({name!r}, {n}));"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return int(out.stdout.strip().splitlines()[-1]) / 1024
@@ -120,8 +136,12 @@ def main() -> None:
                 times[name].append((time.perf_counter() - start) / len(texts))
         med = {name: statistics.median(t) for name, t in times.items()}
         memory = {name: peak_memory(base, name, 64) for name in fns}
+        tokens = {cache: token_ratio(base, cache) for cache in (True, False)}
     ratios = {
         "TP / vanilla PromptEOL, same exit (goal <= 1.05)": med["tp"] / med["vanilla"],
+        "  same, both without prefix cache": med["tp_nocache"] / med["vanilla_nocache"],
+        "  computed tokens TP / vanilla (cache on; the <PST> token's share)": tokens[True],
+        "  computed tokens TP / vanilla (cache off)": tokens[False],
         f"exit L/2 / exit -1 (goal <= 0.55)": med["tp_exit_half"] / med["tp_exit_last"],
         f"ours / naive official-style, TP exit {EXIT}/{LAYERS} (goal <= 0.85)": med["tp"] / med["naive_tp"],
         "KE throughput, cache on / off (goal >= 1.5)": med["ke_nocache"] / med["ke_cache"],
@@ -139,13 +159,18 @@ def main() -> None:
         _write_section("bench_speed.py (CPU)", report)
 
 
-def _write_section(title: str, body: str) -> None:
-    path = ROOT / "benchmarks" / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n\nEvery figure here was produced by the script named in its heading.\n"
-    marker = f"## {title}"
-    sections = text.split("\n## ")
-    kept = [s for s in sections if not s.startswith(marker[3:])]
-    path.write_text("\n## ".join(kept).rstrip() + f"\n\n{marker}\n\n{body}\n")
+def _write_section(title: str, body: str, path: Path | None = None) -> None:
+    """Replace (or append) the section `## {title}` of RESULTS.md, keeping every other section as it is."""
+    path = path or ROOT / "benchmarks" / "RESULTS.md"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    head, *sections = text.split("\n## ")
+    titled = [(sec.split("\n", 1)[0].strip(), sec) for sec in sections]
+    new = f"{title}\n\n{body.strip()}\n"
+    if any(t == title for t, _ in titled):
+        titled = [(t, new if t == title else sec) for t, sec in titled]
+    else:
+        titled.append((title, new))
+    path.write_text("\n## ".join([head.rstrip() + "\n", *(sec.rstrip() + "\n" for _, sec in titled)]))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ class _ActivePass:
     captured: dict[int, Tensor] = field(default_factory=dict)
     saved_inputs: dict[int, Tensor] = field(default_factory=dict)
     layer_calls: dict[int, tuple[tuple, dict]] = field(default_factory=dict)  # args/kwargs, when saving inputs
+    prefix: PrefixKV | None = None  # the cached prompt prefix this pass started from
 
 
 _ACTIVE: ContextVar[_ActivePass | None] = ContextVar("st_tp_active_pass", default=None)
@@ -65,9 +66,9 @@ class _PreHook:
         if active is None:
             return None
         hidden = _hidden(args, kwargs)
-        if active.save_inputs:  # the sweep continues from here later, so keep the input and the call's kwargs
-            if self.index in active.save_inputs:
-                active.saved_inputs[self.index] = hidden
+        if self.index in active.save_inputs:  # the sweep resumes here later: keep the input and every call's kwargs
+            active.saved_inputs[self.index] = hidden
+        if active.save_inputs:
             active.layer_calls[self.index] = (args[1:], kwargs)
         if self.index == 0 and 0 in active.capture_layers:
             active.captured[0] = hidden[active.rows, active.last_positions]
@@ -206,12 +207,14 @@ def run_layers(
     mask_pst_layer: int | None = None,
     num_layers: int | None = None,
     save_inputs: Collection[int] = (),
+    return_pass: bool = False,
 ) -> dict[int, Tensor] | tuple[dict[int, Tensor], _ActivePass]:
     """One TP forward; returns {hidden_states index: last-token states [B, H]} for every index in `capture`.
 
     Layers after the deepest captured index never run. `num_layers` is L of the *unpruned* model (default:
     len(layers)); index L is the final-normed output and needs every layer. Negative indices must already be
-    resolved with `resolve_layer`. With `save_inputs`, also returns the pass (saved layer inputs and kwargs).
+    resolved with `resolve_layer`. With `return_pass`, also returns the pass, whose `saved_inputs` hold the inputs
+    of the layers in `save_inputs` and whose `layer_calls` hold every layer's call arguments (see continue_layers).
     """
     decoder = find_decoder(model)
     install_hooks(decoder)
@@ -255,6 +258,7 @@ def run_layers(
         stop_after=None if needs_norm else deepest,
         mask_pst_layer=mask_pst_layer,
         save_inputs=frozenset(save_inputs),
+        prefix=prefix,
     )
     with _active(active):
         try:
@@ -269,7 +273,7 @@ def run_layers(
             output = None
     if needs_norm:
         active.captured[num_layers] = output.last_hidden_state[rows, last]
-    return (active.captured, active) if save_inputs else active.captured
+    return (active.captured, active) if return_pass else active.captured
 
 
 def continue_layers(model: nn.Module, active: _ActivePass, start: int) -> dict[int, Tensor]:
@@ -283,9 +287,13 @@ def continue_layers(model: nn.Module, active: _ActivePass, start: int) -> dict[i
     if not isinstance(getattr(decoder, "norm", None), nn.Module):
         raise ValueError(f"{type(decoder).__name__} has no final `norm` module; the sweep needs it for output_layer=-1.")
     hidden = active.saved_inputs[start]
+    # The recorded cache already holds the full run's keys; a resumed run starts again from the bare prefix.
+    cache = active.prefix.expand(len(active.rows)) if active.prefix is not None else None
     captured = {}
     for index in range(start, len(decoder.layers)):
         args, kwargs = active.layer_calls[index]
+        if cache is not None:
+            kwargs = dict(kwargs, past_key_values=cache)
         output = decoder.layers[index](hidden, *args, **kwargs)
         hidden = output[0] if isinstance(output, tuple) else output
         captured[index + 1] = hidden[active.rows, active.last_positions]

@@ -105,7 +105,11 @@ class TokenPrepending(InputModule):
             )
         hf_config = AutoConfig.from_pretrained(model_name_or_path, **(config_kwargs or {}))
         if getattr(hf_config, "is_encoder_decoder", False) or not hasattr(hf_config, "num_hidden_layers"):
-            raise ValueError(f"{type(hf_config).__name__} is not a decoder-only model config; st_tp needs a decoder-only LLM.")
+            hint = " For a multimodal checkpoint, use its text-only model." if hasattr(hf_config, "text_config") else ""
+            raise ValueError(
+                f"{type(hf_config).__name__} is not a decoder-only model config (no num_hidden_layers, or an "
+                f"encoder-decoder); st_tp needs a decoder-only LLM.{hint}"
+            )
         self.num_hidden_layers_base = num_hidden_layers_base or hf_config.num_hidden_layers
         self.exit_layer = resolve_layer(tp_config.output_layer, self.num_hidden_layers_base)
         # Early exit at k needs layers 0..k-1 only: the rest are never loaded (the final norm is tiny and stays).
@@ -115,6 +119,8 @@ class TokenPrepending(InputModule):
         model_kwargs = dict(model_kwargs or {})
         dtype = model_kwargs.pop("dtype", model_kwargs.pop("torch_dtype", None))
         if isinstance(dtype, str) and dtype != "auto":
+            if dtype not in _DTYPES:
+                raise ValueError(f"Unknown dtype {dtype!r} in model_kwargs. Allowed: auto, {', '.join(_DTYPES)}.")
             dtype = _DTYPES[dtype]
         dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(tp_config.dtype, tp_config.device)
         verbosity = hf_logging.get_verbosity()
@@ -166,7 +172,8 @@ class TokenPrepending(InputModule):
 
     # ---- configuration -------------------------------------------------------------------------------
     def get_config_dict(self) -> dict[str, Any]:
-        return {**self.tp_config.to_dict(), "num_hidden_layers_base": self.num_hidden_layers_base}
+        # The device is where this process runs, not a property of the model: a saved model does not pin it.
+        return {**self.tp_config.to_dict(), "device": None, "num_hidden_layers_base": self.num_hidden_layers_base}
 
     @property
     def max_seq_length(self) -> int:
@@ -235,19 +242,7 @@ class TokenPrepending(InputModule):
         return features
 
     def _embed(self, template: int, input_ids: Tensor, attention_mask: Tensor, pst_positions, prefix_len: int) -> Tensor:
-        c = self.tp_config
-        prefix = None
-        use_cache = c.prefix_cache and not c.mask_pst_first_layer and prefix_len >= _MIN_PREFIX_TOKENS
-        if use_cache:
-            prefix = self._prefix(template, input_ids.device)
-            # Rows are left-padded [pad | prefix | rest]: hide the prefix columns, they come from the cache.
-            columns = torch.arange(input_ids.shape[1], device=input_ids.device)
-            starts = input_ids.shape[1] - attention_mask.sum(1, keepdim=True)
-            attention_mask = attention_mask * (columns >= starts + prefix_len)
-        first = int(attention_mask.any(0).long().argmax())  # drop columns that are padding in every row
-        input_ids, attention_mask = input_ids[:, first:], attention_mask[:, first:]
-        if pst_positions is not None:
-            pst_positions = pst_positions - first
+        input_ids, attention_mask, pst_positions, prefix = self.prepare(template, input_ids, attention_mask, pst_positions, prefix_len)
         captured = run_layers(
             self.auto_model,
             input_ids,
@@ -257,10 +252,27 @@ class TokenPrepending(InputModule):
             capture=[self.exit_layer],
             pst_embedding=self.pst_embedding,
             prefix=prefix,
-            mask_pst_layer=0 if c.mask_pst_first_layer else None,
+            mask_pst_layer=0 if self.tp_config.mask_pst_first_layer else None,
             num_layers=self.num_hidden_layers_base,
         )
         return captured[self.exit_layer]
+
+    def prepare(self, template: int, input_ids: Tensor, attention_mask: Tensor, pst_positions, prefix_len: int):
+        """One template's rows, ready for `run_layers`: the cached prefix's columns hidden (when the cache is on and
+        exact for this batch), columns that are padding in every row dropped. Returns ids, mask, <PST>, prefix."""
+        c = self.tp_config
+        prefix = None
+        if c.prefix_cache and not c.mask_pst_first_layer and prefix_len >= _MIN_PREFIX_TOKENS:
+            prefix = self._prefix(template, input_ids.device)
+            # Rows are left-padded [pad | prefix | rest]: hide the prefix columns, they come from the cache.
+            columns = torch.arange(input_ids.shape[1], device=input_ids.device)
+            starts = input_ids.shape[1] - attention_mask.sum(1, keepdim=True)
+            attention_mask = attention_mask * (columns >= starts + prefix_len)
+        first = int(attention_mask.any(0).long().argmax())  # drop columns that are padding in every row
+        input_ids, attention_mask = input_ids[:, first:], attention_mask[:, first:]
+        if pst_positions is not None:
+            pst_positions = pst_positions - first
+        return input_ids, attention_mask, pst_positions, prefix
 
     def _prefix(self, template: int, device: torch.device) -> PrefixKV:
         dtype = next(self.auto_model.parameters()).dtype

@@ -80,7 +80,7 @@ def sweep(
     if not tp_ends or tp_ends[0] <= tp_start:
         raise ValueError(f"every tp_end must be greater than tp_start={tp_start}; got {tp_ends}.")
     config = TPConfig(prompt_method=prompt_method if template is None else "custom", template=template, tp_start=tp_start,
-                      tp_end=tp_ends[-1], output_layer=-1, dtype=dtype, device=device, prefix_cache=False)
+                      tp_end=tp_ends[-1], output_layer=-1, dtype=dtype, device=device)
     module = TokenPrepending(base_model, config)
     module.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     device = module.pst_embedding.device
@@ -98,12 +98,15 @@ def sweep(
             rows = len(texts)
             for g in range(len(encoders[tp])):  # MetaEOL: average the templates' states, as the module does
                 sl = slice(g * rows, (g + 1) * rows)
-                ids, mask = features["input_ids"][sl].to(device), features["attention_mask"][sl].to(device)
+                ids, mask, pst, prefix = module.prepare(
+                    g, features["input_ids"][sl].to(device), features["attention_mask"][sl].to(device),
+                    features["pst_positions"][sl].to(device) if tp else None, int(features["prefix_lengths"][g]),
+                )
                 with torch.inference_mode():
                     if tp:
-                        states = _tp_cells(module, ids, mask, features["pst_positions"][sl].to(device), tp_start, tp_ends, layers)
+                        states = _tp_cells(module, ids, mask, pst, prefix, tp_start, tp_ends, layers)
                     else:
-                        captured = run_layers(module.auto_model, ids, mask, None, tp_layers=(), capture=range(layers + 1))
+                        captured = run_layers(module.auto_model, ids, mask, None, tp_layers=(), capture=range(layers + 1), prefix=prefix)
                         states = {(VANILLA, k): v for k, v in captured.items()}
                 for key, value in states.items():
                     per_cell[key] = per_cell.get(key, 0) + value.float() / len(encoders[tp])
@@ -117,12 +120,13 @@ def sweep(
     return SweepResult(scores=scores, num_layers=layers, metric=metric, tp_start=tp_start)
 
 
-def _tp_cells(module, ids, mask, pst, tp_start: int, tp_ends: list[int], layers: int) -> dict:
+def _tp_cells(module, ids, mask, pst, prefix, tp_start: int, tp_ends: list[int], layers: int) -> dict:
     """Last-token states for every (tp_end, k): one full pass at max(tp_ends), the others resume from it."""
     largest = tp_ends[-1]
     captured, active = run_layers(
         module.auto_model, ids, mask, pst, tp_layers=range(tp_start, largest), capture=range(layers + 1),
-        pst_embedding=module.pst_embedding, save_inputs=[e for e in tp_ends[:-1] if e < layers],
+        pst_embedding=module.pst_embedding, prefix=prefix, save_inputs=[e for e in tp_ends[:-1] if e < layers],
+        return_pass=True,
     )
     cells = {(largest, k): v for k, v in captured.items()}
     for e in tp_ends[:-1]:
