@@ -142,7 +142,7 @@ def main() -> None:
         "  same, both without prefix cache": med["tp_nocache"] / med["vanilla_nocache"],
         "  computed tokens TP / vanilla (cache on; the <PST> token's share)": tokens[True],
         "  computed tokens TP / vanilla (cache off)": tokens[False],
-        f"exit L/2 / exit -1 (goal <= 0.55)": med["tp_exit_half"] / med["tp_exit_last"],
+        "exit L/2 / exit -1 (goal <= 0.55)": med["tp_exit_half"] / med["tp_exit_last"],
         f"ours / naive official-style, TP exit {EXIT}/{LAYERS} (goal <= 0.85)": med["tp"] / med["naive_tp"],
         "KE throughput, cache on / off (goal >= 1.5)": med["ke_nocache"] / med["ke_cache"],
         "MetaEOL throughput, cache on / off (goal >= 2)": med["metaeol_nocache"] / med["metaeol_cache"],

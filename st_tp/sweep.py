@@ -86,7 +86,7 @@ def sweep(
     device = module.pst_embedding.device
     layers = module.num_hidden_layers_base
     s1, s2, gold = read_pairs(dev, limit)
-    order = np.argsort([-(len(a) + len(b)) for a, b in zip(s1, s2)])  # length-sorted pairs: little padding
+    order = np.argsort([-(len(a) + len(b)) for a, b in zip(s1, s2, strict=True)])  # length-sorted pairs: little padding
     cosines = {e: [[] for _ in range(layers + 1)] for e in [VANILLA, *tp_ends][0 if include_vanilla else 1 :]}
     encoders = {True: module.encoders, False: module.make_encoders(tp=False)}
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

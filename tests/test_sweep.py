@@ -81,7 +81,7 @@ def test_masking_pst_changes_only_the_first_layer(tiny_llama):
         model = st_tp.build(tiny_llama, mask_pst_first_layer=masked, tp_end=3, output_layer=-1, device="cpu", prefix_cache=False)
         decoder = find_decoder(model[0].auto_model)
         install_hooks(decoder)
-        handles = [layer.register_forward_pre_hook(lambda m, a, kw, i=i: masks.__setitem__((masked, i), kw["attention_mask"]), with_kwargs=True)
+        handles = [layer.register_forward_pre_hook(lambda m, a, kw, i=i, masked=masked: masks.__setitem__((masked, i), kw["attention_mask"]), with_kwargs=True)
                    for i, layer in enumerate(decoder.layers)]
         features = model[0].preprocess(["A man is playing a guitar.", "Hi"])
         with torch.inference_mode():

@@ -10,7 +10,7 @@ import mteb
 from sentence_transformers import SentenceTransformer
 
 from st_tp.evaluation.local import LOCAL_SUFFIX, local_tasks
-from st_tp.evaluation.tasks import PAPER_SCORES, resolve_tasks, task_names
+from st_tp.evaluation.tasks import PAPER_SCORES, describe, resolve_tasks, task_names
 
 CATEGORY_ORDER = ["Classification", "PairClassification", "Reranking", "Clustering", "Summarization", "STS"]
 
@@ -90,7 +90,7 @@ def summarize(scores: dict[str, dict[str, float]], labels: list[str], tasks: lis
                 row.append(f"{values[-1] - values[0]:+.2f}")
             row += [f"{paper[0]:.2f}", f"{paper[1]:.2f}"] if paper else ["-", "-"]
             lines.append("| " + " | ".join(row) + " |")
-            for label, value in zip(labels, values):
+            for label, value in zip(labels, values, strict=True):
                 columns[label].append(value)
             if paper:
                 columns["paper"].append(paper)
@@ -104,4 +104,5 @@ def summarize(scores: dict[str, dict[str, float]], labels: list[str], tasks: lis
         else:
             row += ["-", "-"]
         lines += ["| " + " | ".join(row) + " |", ""]
+    lines += ["## Tasks as run", "", "```", *(describe(task) for task in tasks), "```", ""]
     return "\n".join(lines)
