@@ -11,7 +11,6 @@ Paper setting scaled to 16 layers: TP before layers 1..3 (7/32 -> 4/16), exit at
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -42,10 +41,9 @@ def make_base(folder: Path) -> str:
 
 
 def sentences(n: int) -> list[str]:
-    with open(STSB, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    out = [s for r in rows for s in (r["sentence1"], r["sentence2"])]
-    return out[:n]
+    from st_tp.data import read_tsv
+
+    return [s for r in read_tsv(STSB) for s in (r["sentence1"], r["sentence2"])][:n]
 
 
 VARIANTS = {  # name -> build settings; "naive" marks the official-style reference path

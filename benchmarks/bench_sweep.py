@@ -36,7 +36,8 @@ def main() -> None:
     from scipy.stats import spearmanr
 
     import st_tp
-    from st_tp.sweep import read_pairs, sweep
+    from st_tp.data import read_pairs
+    from st_tp.sweep import sweep
 
     with tempfile.TemporaryDirectory() as tmp:
         base = make_base(Path(tmp) / "llama-512x16")

@@ -21,6 +21,7 @@ from scipy.stats import pearsonr, spearmanr
 from tqdm.auto import tqdm
 
 from st_tp.config import TPConfig
+from st_tp.data import read_pairs
 from st_tp.forward import continue_layers, run_layers
 from st_tp.module import TokenPrepending, collate
 
@@ -39,16 +40,6 @@ class SweepResult:
         same token, so all cosines are equal and the correlation is undefined) never win."""
         cells = [(e, k, v) for e, row in self.scores.items() if e != VANILLA for k, v in enumerate(row) if np.isfinite(v)]
         return max(cells, key=lambda cell: cell[2])
-
-
-def read_pairs(path: str | Path, limit: int | None = None) -> tuple[list[str], list[str], np.ndarray]:
-    """An STS-like TSV with a header: score, sentence1, sentence2."""
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    if not rows or not {"score", "sentence1", "sentence2"} <= set(rows[0]):
-        raise ValueError(f"{path} must be a TSV with columns score, sentence1, sentence2.")
-    rows = rows[:limit] if limit else rows
-    return [r["sentence1"] for r in rows], [r["sentence2"] for r in rows], np.array([float(r["score"]) for r in rows])
 
 
 def _cosine(states: torch.Tensor) -> np.ndarray:

@@ -1,6 +1,5 @@
 """The MTEB runner end to end: mteb's mock tasks of every appendix kind, and local STS-B data."""
 
-import csv
 import json
 
 import numpy as np
@@ -12,9 +11,11 @@ from mteb.mocks.mock_tasks.reranking import MockRerankingTask
 from mteb.mocks.mock_tasks.sts import MockSTSTask
 from mteb.mocks.mock_tasks.summarization import MockSummarizationTask
 from scipy.stats import spearmanr
+from sentence_transformers import SentenceTransformer
 
 import st_tp
 from st_tp.cli import main
+from st_tp.data import read_pairs
 from st_tp.evaluation import TASK_SETS, run_mteb
 
 
@@ -60,14 +61,11 @@ def test_local_stsb_slice_matches_own_spearman(tmp_path, data_dir, golden_dir):
     result = json.loads(next(out.rglob("STSBenchmark-local.json")).read_text())
     reported = result["scores"]["test"][0]["main_score"]
 
-    with open(data_dir / "raw" / "stsb.test.tsv", encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[:120]
-    from sentence_transformers import SentenceTransformer
-
+    s1, s2, gold = read_pairs(data_dir / "raw" / "stsb.test.tsv", 120)
     model = SentenceTransformer(str(model_dir), trust_remote_code=True, device="cpu")
-    a = model.encode([r["sentence1"] for r in rows], normalize_embeddings=True)
-    b = model.encode([r["sentence2"] for r in rows], normalize_embeddings=True)
-    own = spearmanr([float(r["score"]) for r in rows], (a * b).sum(1)).statistic
+    a = model.encode(s1, normalize_embeddings=True)
+    b = model.encode(s2, normalize_embeddings=True)
+    own = spearmanr(gold, (a * b).sum(1)).statistic
     assert reported == pytest.approx(own, abs=1e-6)
     assert "STSBenchmark-local" in (out / "summary.md").read_text()
 

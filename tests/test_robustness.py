@@ -12,6 +12,7 @@ from sentence_transformers import SentenceTransformer, util
 from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
 import st_tp
+from st_tp.data import read_pairs
 from tests.tiny_models import make_tiny
 
 
@@ -109,13 +110,8 @@ def test_sentence_transformers_ecosystem(model, data_dir, tmp_path):
     assert sim.shape == (3, 3) and torch.allclose(sim.diagonal(), torch.ones(3), atol=1e-5)
     hits = util.semantic_search(emb[:1], emb, top_k=2)
     assert hits[0][0]["corpus_id"] == 0
-    import csv
-
-    with open(data_dir / "raw" / "stsb.dev.tsv", encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[:80]
-    evaluator = EmbeddingSimilarityEvaluator(
-        [r["sentence1"] for r in rows], [r["sentence2"] for r in rows], [float(r["score"]) / 5 for r in rows], name="stsb-dev"
-    )
+    s1, s2, gold = read_pairs(data_dir / "raw" / "stsb.dev.tsv", 80)
+    evaluator = EmbeddingSimilarityEvaluator(s1, s2, list(gold / 5), name="stsb-dev")
     result = evaluator(model)
     assert np.isfinite(result["stsb-dev_spearman_cosine"])
 

@@ -8,8 +8,9 @@ from scipy.stats import spearmanr
 
 import st_tp
 from st_tp.config import load_preset
+from st_tp.data import read_pairs
 from st_tp.forward import find_decoder, install_hooks
-from st_tp.sweep import VANILLA, read_pairs, sweep, write_outputs
+from st_tp.sweep import VANILLA, sweep, write_outputs
 
 
 @pytest.fixture(scope="module")

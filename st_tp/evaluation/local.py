@@ -7,7 +7,6 @@ Formats (../shared/data/SOURCES.md): STS-like `score<TAB>sentence1<TAB>sentence2
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from mteb.abstasks.classification import AbsTaskClassification
 from mteb.abstasks.sts import AbsTaskSTS
 from mteb.abstasks.task_metadata import TaskMetadata
 
+from st_tp.data import read_tsv
+
 # file stem -> (mteb task it stands for, score range of the original data)
 KNOWN: dict[str, tuple[str, tuple[float, float] | None]] = {
     "sts12": ("STS12", (0, 5)), "sts13": ("STS13", (0, 5)), "sts14": ("STS14", (0, 5)), "sts15": ("STS15", (0, 5)),
@@ -24,12 +25,6 @@ KNOWN: dict[str, tuple[str, tuple[float, float] | None]] = {
     "biosses": ("BIOSSES", (0, 4)), "banking77": ("Banking77Classification", None),
 }
 LOCAL_SUFFIX = "-local"
-
-
-def _read_tsv(path: Path, limit: int | None) -> list[dict[str, str]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    return rows[:limit] if limit else rows
 
 
 def _metadata(name: str, kind: str, main_score: str, path: Path) -> TaskMetadata:
@@ -57,7 +52,7 @@ def _metadata(name: str, kind: str, main_score: str, path: Path) -> TaskMetadata
 
 
 def _sts_task(path: Path, name: str, score_range: tuple[float, float] | None, limit: int | None) -> AbsTaskSTS:
-    rows = _read_tsv(path, limit)
+    rows = read_tsv(path, limit)
     scores = [float(r["score"]) for r in rows]
     low, high = score_range or (min(scores), max(scores))
 
@@ -77,7 +72,7 @@ def _sts_task(path: Path, name: str, score_range: tuple[float, float] | None, li
 
 
 def _classification_task(test: Path, train: Path, name: str, limit: int | None) -> AbsTaskClassification:
-    test_rows, train_rows = _read_tsv(test, limit), _read_tsv(train, None)
+    test_rows, train_rows = read_tsv(test, limit), read_tsv(train)
     labels = sorted({r["label"] for r in train_rows + test_rows})
     index = {label: i for i, label in enumerate(labels)}
 
