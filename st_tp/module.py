@@ -176,6 +176,10 @@ class TokenPrepending(InputModule):
         return {**self.tp_config.to_dict(), "device": None, "num_hidden_layers_base": self.num_hidden_layers_base}
 
     @property
+    def model_dtype(self) -> torch.dtype:
+        return next(self.auto_model.parameters()).dtype
+
+    @property
     def max_seq_length(self) -> int:
         return self.tp_config.max_seq_length
 
@@ -229,7 +233,7 @@ class TokenPrepending(InputModule):
             )
         embeddings = torch.stack(per_template).mean(0)  # MetaEOL averages its templates; others have one
         if not torch.isfinite(embeddings).all():
-            if self.tp_config.on_nonfinite == "float32" and next(self.auto_model.parameters()).dtype != torch.float32:
+            if self.tp_config.on_nonfinite == "float32" and self.model_dtype != torch.float32:
                 warnings.warn(
                     f"{self._nonfinite_message(embeddings)} on_nonfinite='float32': switching the model to float32.",
                     RuntimeWarning, stacklevel=2,
@@ -275,7 +279,7 @@ class TokenPrepending(InputModule):
         return input_ids, attention_mask, pst_positions, prefix
 
     def _prefix(self, template: int, device: torch.device) -> PrefixKV:
-        dtype = next(self.auto_model.parameters()).dtype
+        dtype = self.model_dtype
         key = (template, str(device), dtype)
         with self._prefix_lock:  # computed once per template, device and dtype
             if key not in self._prefix_kv:
@@ -286,7 +290,7 @@ class TokenPrepending(InputModule):
             return self._prefix_kv[key]
 
     def _nonfinite_message(self, embeddings: Tensor) -> str:
-        dtype = next(self.auto_model.parameters()).dtype
+        dtype = self.model_dtype
         bad = (~torch.isfinite(embeddings).all(dim=1)).sum().item()
         hint = (
             f"The model runs in {dtype}, whose range this backbone overflows (Gemma-2 is known to): load it with "

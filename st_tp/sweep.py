@@ -81,7 +81,7 @@ def sweep(
     cosines = {e: [[] for _ in range(layers + 1)] for e in [VANILLA, *tp_ends][0 if include_vanilla else 1 :]}
     encoders = {True: module.encoders, False: module.make_encoders(tp=False)}
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for pair_ids in tqdm(batches, desc=f"sweep ({len(tp_ends)} tp_end + vanilla)", disable=not show_progress_bar):
+    for pair_ids in tqdm(batches, desc=f"sweep ({len(tp_ends)} tp_end{' + vanilla' if include_vanilla else ''})", disable=not show_progress_bar):
         texts = [s1[i] for i in pair_ids] + [s2[i] for i in pair_ids]
         per_cell: dict = {}
         for tp in (True, False) if include_vanilla else (True,):

@@ -20,12 +20,11 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from st_tp.evaluation.local import local_tasks
-    from st_tp.evaluation.runner import run_mteb
-    from st_tp.evaluation.tasks import describe, resolve_tasks, task_names
+    from st_tp.evaluation.runner import run_mteb, select_tasks
+    from st_tp.evaluation.tasks import describe
 
     if args.list:
-        tasks = local_tasks(args.local_data, task_names(args.tasks), args.limit) if args.local_data else resolve_tasks(args.tasks)
+        tasks = select_tasks(args.tasks, args.local_data, args.limit)
         for task in tasks:
             print(describe(task))
         print(f"{len(tasks)} tasks")

@@ -22,6 +22,15 @@ def _label(model: str | SentenceTransformer, index: int) -> str:
     return name.split("/")[-1] if name else f"model{index}"  # idempotent: "st-tp/x" -> "x"
 
 
+def select_tasks(tasks: str | list, local_data: str | Path | None = None, limit: int | None = None) -> list:
+    """Task objects from set names / task names (hub tasks, or local TSV tasks with `local_data`); task objects
+    pass through unchanged."""
+    names = [tasks] if isinstance(tasks, str) else list(tasks)
+    if not all(isinstance(name, str) for name in names):
+        return names
+    return local_tasks(local_data, task_names(names), limit) if local_data else resolve_tasks(names)
+
+
 def run_mteb(
     models: list[str | SentenceTransformer],
     tasks: str | list,
@@ -38,10 +47,7 @@ def run_mteb(
     `tasks` is a set name ('appendix', 'sts', ...), task names, or mteb task objects. Results are cached in
     `output_folder/results` (mteb's ResultCache), so an interrupted run resumes without redoing finished tasks.
     """
-    if isinstance(tasks, (str, list)) and all(isinstance(t, str) for t in ([tasks] if isinstance(tasks, str) else tasks)):
-        task_objects = local_tasks(local_data, task_names(tasks), limit) if local_data else resolve_tasks(tasks)
-    else:
-        task_objects = list(tasks)
+    task_objects = select_tasks(tasks, local_data, limit)
     output_folder = Path(output_folder)
     cache = mteb.ResultCache(cache_path=output_folder)
     scores: dict[str, dict[str, float]] = defaultdict(dict)
