@@ -366,6 +366,14 @@ class PrefixKV:
         layers = [(layer.keys, layer.values) for layer in cache.layers[:num_layers]]
         return cls(length=len(prefix_ids), layers=layers, config=decoder.config)
 
+    def head(self, length: int) -> PrefixKV:
+        """The cache of the first `length` prefix tokens: a causal prefix's first keys/values ignore the rest."""
+        if length == self.length:
+            return self
+        if not 0 < length < self.length:
+            raise ValueError(f"A prefix of {self.length} tokens has no head of {length} tokens.")
+        return PrefixKV(length, [(k[:, :, :length], v[:, :, :length]) for k, v in self.layers], self.config)
+
     def expand(self, batch_size: int) -> DynamicCache:
         """A fresh cache for one batch (a forward appends to it, so it is never shared)."""
         cache = DynamicCache(config=self.config)

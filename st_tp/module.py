@@ -50,7 +50,7 @@ def truncate_config(hf_config, num_layers: int) -> None:
 
 def collate(encoders: list[PromptEncoder], texts: list[str], pad_token_id: int) -> dict[str, Tensor]:
     """Token ids of every text under every template (template-major rows), left-padded, with <PST> columns and,
-    per template, the length of the shared prefix that every row starts with (0 = no cache for this batch)."""
+    per template, how many ids of the template's prefix every row starts with (the part of the cache to use)."""
     encoded = [encoder.encode(text) for encoder in encoders for text in texts]
     width = max(len(e.input_ids) for e in encoded)
     input_ids = torch.full((len(encoded), width), pad_token_id, dtype=torch.long)
@@ -61,10 +61,7 @@ def collate(encoders: list[PromptEncoder], texts: list[str], pad_token_id: int) 
     pst_positions = torch.tensor([[width - len(e.input_ids) + p for p in e.pst_positions] for e in encoded], dtype=torch.long)
     rows_per_template = len(texts)
     prefix_lengths = torch.tensor(
-        [
-            len(enc.prefix_ids) if all(e.prefix_cached for e in encoded[g * rows_per_template : (g + 1) * rows_per_template]) else 0
-            for g, enc in enumerate(encoders)
-        ],
+        [min(e.shared_prefix for e in encoded[g * rows_per_template : (g + 1) * rows_per_template]) for g in range(len(encoders))],
         dtype=torch.long,
     )
     return {"input_ids": input_ids, "attention_mask": attention_mask, "pst_positions": pst_positions, "prefix_lengths": prefix_lengths}
@@ -246,7 +243,9 @@ class TokenPrepending(InputModule):
         return features
 
     def _embed(self, template: int, input_ids: Tensor, attention_mask: Tensor, pst_positions, prefix_len: int) -> Tensor:
-        input_ids, attention_mask, pst_positions, prefix = self.prepare(template, input_ids, attention_mask, pst_positions, prefix_len)
+        input_ids, attention_mask, pst_positions, prefix = self.prepare(
+            self.encoders[template], input_ids, attention_mask, pst_positions, prefix_len
+        )
         captured = run_layers(
             self.auto_model,
             input_ids,
@@ -261,13 +260,15 @@ class TokenPrepending(InputModule):
         )
         return captured[self.exit_layer]
 
-    def prepare(self, template: int, input_ids: Tensor, attention_mask: Tensor, pst_positions, prefix_len: int):
-        """One template's rows, ready for `run_layers`: the cached prefix's columns hidden (when the cache is on and
-        exact for this batch), columns that are padding in every row dropped. Returns ids, mask, <PST>, prefix."""
+    def prepare(self, encoder: PromptEncoder, input_ids: Tensor, attention_mask: Tensor, pst_positions, prefix_len: int):
+        """One template's rows, ready for `run_layers`: the first `prefix_len` columns (the part of the template's
+        prefix that every row shares) hidden and taken from the cache when it is on, columns that are padding in
+        every row dropped. Returns ids, mask, <PST>, prefix."""
         c = self.tp_config
         prefix = None
         if c.prefix_cache and not c.mask_pst_first_layer and prefix_len >= _MIN_PREFIX_TOKENS:
-            prefix = self._prefix(template, input_ids.device)
+            # Keys/values of a prefix's first k tokens do not depend on what follows (causal): one cache serves all k.
+            prefix = self._prefix(encoder.prefix_ids, input_ids.device).head(prefix_len)
             # Rows are left-padded [pad | prefix | rest]: hide the prefix columns, they come from the cache.
             columns = torch.arange(input_ids.shape[1], device=input_ids.device)
             starts = input_ids.shape[1] - attention_mask.sum(1, keepdim=True)
@@ -278,15 +279,13 @@ class TokenPrepending(InputModule):
             pst_positions = pst_positions - first
         return input_ids, attention_mask, pst_positions, prefix
 
-    def _prefix(self, template: int, device: torch.device) -> PrefixKV:
+    def _prefix(self, prefix_ids: list[int], device: torch.device) -> PrefixKV:
         dtype = self.model_dtype
-        key = (template, str(device), dtype)
-        with self._prefix_lock:  # computed once per template, device and dtype
+        key = (tuple(prefix_ids), str(device), dtype)
+        with self._prefix_lock:  # computed once per prefix (template and TP form), device and dtype
             if key not in self._prefix_kv:
                 layers_needed = min(self.exit_layer, len(find_decoder(self.auto_model).layers))
-                self._prefix_kv[key] = PrefixKV.compute(
-                    self.auto_model, self.encoders[template].prefix_ids, layers_needed, device, dtype
-                )
+                self._prefix_kv[key] = PrefixKV.compute(self.auto_model, prefix_ids, layers_needed, device, dtype)
             return self._prefix_kv[key]
 
     def _nonfinite_message(self, embeddings: Tensor) -> str:

@@ -96,14 +96,15 @@ def remove_pst(template: str) -> str:
 class EncodedPrompt:
     input_ids: list[int]
     pst_positions: list[int]  # empty without TP
-    prefix_cached: bool  # input_ids starts with the template's shared prefix ids
+    shared_prefix: int  # how many leading ids equal the template's prefix_ids (usually all of them)
 
 
 class PromptEncoder:
     """Turns a sentence into the token ids of one template, with <PST> slots and a cacheable prefix.
 
     For each template, the split point is where the marker stands (or, without a marker, where the sentence
-    starts). The ids before it are the same for every sentence: the `prefix_ids` a KV cache can reuse.
+    starts). The ids before it are the same for every sentence: the `prefix_ids` a KV cache can reuse. A sentence
+    may merge with the prefix's last token (vanilla '"' + "'" -> '"\''); it then shares only the ids before it.
     """
 
     def __init__(
@@ -128,8 +129,12 @@ class PromptEncoder:
         # Where <PST> goes in the vanilla prompt: the marker's place after the marker and one space are removed.
         marker_at = template.find(PST)
         self.split_char = len(remove_pst(template[:marker_at] + PST)) if marker_at >= 0 else self.vanilla_template.find(TEXT)
-        self.split_char = min(self.split_char, self.vanilla_template.find(TEXT))
-        self.prefix_ids = self._tokenize(self.vanilla_template[: self.split_char].strip(), special=True)
+        text_at = self.vanilla_template.find(TEXT)
+        self.split_char = min(self.split_char, text_at)
+        # The cacheable prefix is what every prompt shares and nothing sentence-dependent can reach under causal
+        # attention: the text before <PST> with TP (TP writes sentence states into <PST>), before the sentence without.
+        prefix_end = self.split_char if tp else text_at
+        self.prefix_ids = self._tokenize(self.vanilla_template[:prefix_end].strip(), special=True)
 
     def _tokenize(self, text: str, special: bool) -> list[int]:
         return self.tokenizer(text, add_special_tokens=special)["input_ids"]
@@ -154,16 +159,18 @@ class PromptEncoder:
         vanilla = vanilla.strip()
         split = max(self.split_char - lead, 0)
         ids = self._tokenize(vanilla, special=True)
-        head = self._tokenize(vanilla[:split].rstrip(), special=True)
-        if ids[: len(head)] != head:
-            # The split point falls inside a token (e.g. '"<PST>A'): tokenize both sides on their own.
-            ids = head + self._tokenize(vanilla[len(vanilla[:split].rstrip()) :], special=False)
         pst_positions: list[int] = []
         if self.tp:
+            head = self._tokenize(vanilla[:split].rstrip(), special=True)
+            if ids[: len(head)] != head:
+                # The split point falls inside a token (e.g. '"<PST>A'): tokenize both sides on their own.
+                ids = head + self._tokenize(vanilla[len(vanilla[:split].rstrip()) :], special=False)
             pst_positions = list(range(len(head), len(head) + self.num_pst))
             ids = ids[: len(head)] + [self.placeholder_id] * self.num_pst + ids[len(head) :]
-        prefix = self.prefix_ids
-        return EncodedPrompt(ids, pst_positions, prefix_cached=ids[: len(prefix)] == prefix)
+        shared = 0  # leading ids in common with the prefix
+        while shared < min(len(ids), len(self.prefix_ids)) and ids[shared] == self.prefix_ids[shared]:
+            shared += 1
+        return EncodedPrompt(ids, pst_positions, shared_prefix=shared)
 
     def _truncate(self, sentence: str, encoded: EncodedPrompt) -> EncodedPrompt:
         """Cut the sentence (never the template) until the prompt fits, so the last token stays the prompt's."""

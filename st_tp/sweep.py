@@ -90,7 +90,7 @@ def sweep(
             for g in range(len(encoders[tp])):  # MetaEOL: average the templates' states, as the module does
                 sl = slice(g * rows, (g + 1) * rows)
                 ids, mask, pst, prefix = module.prepare(
-                    g, features["input_ids"][sl].to(device), features["attention_mask"][sl].to(device),
+                    encoders[tp][g], features["input_ids"][sl].to(device), features["attention_mask"][sl].to(device),
                     features["pst_positions"][sl].to(device) if tp else None, int(features["prefix_lengths"][g]),
                 )
                 with torch.inference_mode():

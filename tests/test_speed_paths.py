@@ -8,7 +8,8 @@ from st_tp.prompts import PROMPTS
 
 MIXED = ["Hi", "A man is playing a guitar.", "Is it going to rain tomorrow?", "",
          "After several hours of heated debate about the budget, the council voted to postpone its decision.",
-         'She said "hello" to everyone in the room.', "Café owners in Zürich serve crème brûlée"]
+         'She said "hello" to everyone in the room.', "Café owners in Zürich serve crème brûlée",
+         '"We are ready," he said.']  # a leading quote merges with the vanilla prefix's '"': a shorter shared prefix
 METHODS = sorted(set(PROMPTS) - {"pretended_cot", "knowledge"})
 
 
@@ -45,3 +46,18 @@ def test_multi_process_pool_on_cpu(tiny_llama):
     finally:
         model.stop_multi_process_pool(pool)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+def test_vanilla_prefix_runs_to_the_sentence_and_a_merged_token_uses_a_shorter_part(tiny_llama):
+    """Vanilla caches up to the sentence ('... : "'); a sentence whose first character merges with that '"' shares
+    one token less, and the batch then uses the cache's first tokens instead of dropping it."""
+    fast = st_tp.build(tiny_llama, tp=False, output_layer=3, device="cpu")
+    module = fast[0]
+    prefix = module.encoders[0].prefix_ids
+    assert module.tokenizer.convert_ids_to_tokens(prefix[-1:]) == ['▁"']
+    texts = ['"We are ready," he said.', "A man is playing a guitar."]
+    assert module.preprocess(texts)["prefix_lengths"].tolist() == [len(prefix) - 1]
+    assert module.preprocess(texts[1:])["prefix_lengths"].tolist() == [len(prefix)]
+    plain = st_tp.build(tiny_llama, tp=False, output_layer=3, device="cpu", prefix_cache=False)
+    np.testing.assert_allclose(fast.encode(texts), plain.encode(texts), atol=1e-5, rtol=0)
+    assert [key[0] for key in module._prefix_kv] == [tuple(prefix)], "one cache, computed once, serves both lengths"

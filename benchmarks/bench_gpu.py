@@ -1,0 +1,242 @@
+"""Throughput and model FLOPs utilisation (MFU) at Llama-2-7B shapes, fp16, batch 64, on a GPU.
+
+Model: a random-init `LlamaModel` with Llama-2-7B's shapes (hidden 4096, 32 layers, 32 heads, MLP 11008, vocab
+32000) and the real Llama-2 tokenizer; timing does not depend on the weights, so nothing is downloaded. It is
+initialised on the device, saved once, and loaded through `st_tp.build` as a user's model would be.
+Data: STS-B test sentences (../shared/data/raw/stsb.test.tsv). Settings from configs/llama2-7b-prompteol-tp.yaml
+(PromptEOL, TP before layers 1..6, exit at hidden_states[27] of 32), scaled by L/32 for other depths.
+
+Variants, interleaved round by round:
+  tp            the paper's setting
+  vanilla       PromptEOL without TP, same exit
+  vanilla_last  PromptEOL without TP, output_layer=-1 (the usual PromptEOL readout)
+Per variant: sentences/s end to end (`model.encode`, tokenization included) and forward only (pre-tokenized
+length-sorted batches, as `encode` makes them); MFU of the forward = useful model FLOPs / time / dense fp16
+peak; the weights' and the peak activation memory.
+
+    python benchmarks/bench_gpu.py --write                    # on a CUDA GPU; --write updates RESULTS.md "## GPU"
+    python benchmarks/bench_gpu.py --shapes tiny --device cpu --dtype float32 --peak-tflops 1   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_speed import _write_section, sentences  # noqa: E402
+
+PAPER_PRESET = ROOT / "configs" / "llama2-7b-prompteol-tp.yaml"
+SHAPES = {
+    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5),
+    "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=8, num_attention_heads=4,
+                 num_key_value_heads=4, vocab_size=32000, max_position_embeddings=1024),
+}
+# Dense (no sparsity) FP16/BF16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s; matched in this order
+# against torch.cuda.get_device_name(). Anything else needs --peak-tflops.
+DENSE_FP16_PEAK_TFLOPS = [("H200", 989.4), ("H100 PCIe", 756.0), ("H100 NVL", 835.5), ("H100", 989.4),
+                          ("A100", 312.0), ("L40S", 362.1), ("L4", 121.0), ("A10", 125.0)]
+
+
+def dense_fp16_peak_tflops(device_name: str) -> float | None:
+    return next((peak for key, peak in DENSE_FP16_PEAK_TFLOPS if key in device_name), None)
+
+
+def model_flops(module, features: dict) -> dict[str, int]:
+    """Useful forward FLOPs of one batch, as the module computes it: the decoder layers that run, over the tokens
+    actually computed (the cached prefix and padding excluded; the LM head is never built).
+
+    linear:    2 x (weights of the layer's Linear modules) per computed token per layer;
+    attention: 4 x (heads x head_dim) per (query, key) pair a causal query attends to (cached prefix keys
+               included): the scores and the weighted sum of values.
+    Norms, rotary embeddings and activations are elementwise and left out, as MFU conventionally does.
+    """
+    from st_tp.forward import find_decoder
+
+    decoder = find_decoder(module.auto_model)
+    layers_run = min(module.exit_layer, len(decoder.layers))
+    linear_weights = [
+        sum(m.weight.numel() for m in layer.modules() if isinstance(m, nn.Linear)) for layer in decoder.layers[:layers_run]
+    ]
+    cfg = decoder.config
+    attention_width = cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    batch = features["input_ids"].shape[0] // len(module.encoders)
+    tokens = pairs = 0
+    for g in range(len(module.encoders)):
+        rows = slice(g * batch, (g + 1) * batch)
+        pst = features.get("pst_positions")
+        _, mask, _, prefix = module.prepare(
+            module.encoders[g], features["input_ids"][rows], features["attention_mask"][rows], None if pst is None else pst[rows],
+            int(features["prefix_lengths"][g]),
+        )
+        past = prefix.length if prefix is not None else 0
+        tokens += int(mask.sum())
+        pairs += int(((mask.cumsum(1) + past) * mask).sum())  # each computed token attends to past + itself + earlier
+    return {"linear": 2 * tokens * sum(linear_weights), "attention": 4 * attention_width * pairs * layers_run}
+
+
+def make_base(folder: Path, shapes: str, device: str, dtype: torch.dtype) -> str:
+    """A random Llama of the given shapes with the Llama-2 tokenizer, initialised on `device`, saved in `dtype`."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    torch.manual_seed(0)
+    with torch.device(device):  # 7B in float32 is 27 GB: initialise where the memory is
+        model = LlamaModel(LlamaConfig(**SHAPES[shapes]))
+    model.to(dtype).save_pretrained(folder)
+    del model
+    AutoTokenizer.from_pretrained(ROOT / "assets" / "tiny-llama-install-check").save_pretrained(folder)
+    return str(folder)
+
+
+def paper_settings(num_layers: int) -> dict:
+    """The paper's Llama-2-7B PromptEOL+TP setting (from the preset), scaled to `num_layers`."""
+    from st_tp.config import load_preset
+
+    _, paper = load_preset(PAPER_PRESET)
+    scale = num_layers / 32
+    return dict(prompt_method=paper.prompt_method, tp_start=paper.tp_start,
+                tp_end=max(paper.tp_start + 1, round(paper.tp_end * scale)), output_layer=round(paper.output_layer * scale))
+
+
+def variants(num_layers: int) -> dict[str, dict]:
+    paper = paper_settings(num_layers)
+    return {
+        "tp": paper,
+        "vanilla": dict(paper, tp=False),
+        "vanilla_last": dict(paper, tp=False, output_layer=-1),
+    }
+
+
+def batches(module, texts: list[str], batch_size: int, device: str) -> list[dict]:
+    """Length-sorted (longest first, as `encode` sorts) pre-tokenized batches, already on the device."""
+    ordered = sorted(texts, key=len, reverse=True)
+    return [
+        {k: v.to(device) for k, v in module.preprocess(ordered[i : i + batch_size]).items()}
+        for i in range(0, len(ordered), batch_size)
+    ]
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shapes", choices=sorted(SHAPES), default="llama2-7b")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--sentences", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--peak-tflops", type=float, help="the device's dense peak for --dtype, TFLOP/s")
+    parser.add_argument("--write", action="store_true", help="record the figures in RESULTS.md (CUDA runs only)")
+    args = parser.parse_args(argv)
+    on_cuda = args.device.startswith("cuda")
+    if args.write and not on_cuda:
+        parser.error("--write records GPU figures in RESULTS.md; this run is not on a CUDA device.")
+    if on_cuda and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch sees no CUDA device; use --device cpu for a smoke run.")
+
+    import st_tp
+
+    dtype = getattr(torch, args.dtype)
+    device_name = torch.cuda.get_device_name(args.device) if on_cuda else "CPU"
+    peak = args.peak_tflops or (dense_fp16_peak_tflops(device_name) if dtype != torch.float32 else None)
+    texts = sentences(args.sentences)
+    num_layers = SHAPES[args.shapes]["num_hidden_layers"]
+    with tempfile.TemporaryDirectory() as tmp:
+        base = make_base(Path(tmp) / args.shapes, args.shapes, args.device, dtype)
+        models, weights_gib = {}, {}
+        for name, settings in variants(num_layers).items():
+            models[name] = st_tp.build(base, dtype=args.dtype, device=args.device, **settings)
+            weights_gib[name] = sum(p.numel() * p.element_size() for p in models[name].parameters()) / 2**30
+    prepared = {name: batches(model[0], texts, args.batch_size, args.device) for name, model in models.items()}
+    flops = {name: sum(sum(model_flops(models[name][0], b).values()) for b in bs) for name, bs in prepared.items()}
+
+    def encode(name):
+        models[name].encode(texts, batch_size=args.batch_size, convert_to_tensor=True)
+
+    def forward(name):
+        with torch.inference_mode():
+            for features in prepared[name]:
+                models[name][0].forward(dict(features))
+
+    times = {(name, kind): [] for name in models for kind in ("encode", "forward")}
+    activation_gib = {}
+    for name in models:  # warm-up (kernels, prefix caches), and the peak activation memory of one encode
+        forward(name)
+        if on_cuda:
+            synchronize(args.device)
+            torch.cuda.reset_peak_memory_stats(args.device)
+            before = torch.cuda.memory_allocated(args.device)
+        encode(name)
+        if on_cuda:
+            synchronize(args.device)
+            activation_gib[name] = (torch.cuda.max_memory_allocated(args.device) - before) / 2**30
+    for _ in range(args.rounds):  # interleaved: every round times every variant once
+        for name in models:
+            for kind, fn in (("encode", encode), ("forward", forward)):
+                synchronize(args.device)
+                start = time.perf_counter()
+                fn(name)
+                synchronize(args.device)
+                times[name, kind].append(time.perf_counter() - start)
+
+    rows = {}
+    for name in models:
+        encode_s, forward_s = (statistics.median(times[name, k]) for k in ("encode", "forward"))
+        achieved = flops[name] / forward_s / 1e12
+        rows[name] = {
+            "sentences_per_s_encode": len(texts) / encode_s,
+            "sentences_per_s_forward": len(texts) / forward_s,
+            "forward_tflops": achieved,
+            "mfu": achieved / peak if peak else None,
+            "weights_gib": weights_gib[name],
+            "peak_activation_gib": activation_gib.get(name),
+        }
+    ratios = {
+        "TP / vanilla PromptEOL, same exit, forward time": rows["vanilla"]["sentences_per_s_forward"] / rows["tp"]["sentences_per_s_forward"],
+        "TP at the paper's exit / vanilla PromptEOL at output_layer=-1, forward time": rows["vanilla_last"]["sentences_per_s_forward"] / rows["tp"]["sentences_per_s_forward"],
+    }
+    settings = paper_settings(num_layers)
+    lines = [
+        f"Device: {device_name}; torch {torch.__version__}; {args.dtype}; shapes {args.shapes} ({num_layers} layers); "
+        f"batch {args.batch_size}; {len(texts)} STS-B test sentences; {args.rounds} interleaved rounds, medians. "
+        f"Paper setting: tp_start {settings['tp_start']}, tp_end {settings['tp_end']}, exit {settings['output_layer']}/{num_layers}. "
+        f"MFU = useful forward FLOPs (cached prefix and padding excluded) / forward time / "
+        + (f"{peak:g} TFLOP/s dense peak." if peak else "no known peak (MFU not computed; pass --peak-tflops)."),
+        "",
+        "| variant | sentences/s (encode) | sentences/s (forward) | forward TFLOP/s | MFU | weights GiB | peak activations GiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+        act = f"{r['peak_activation_gib']:.2f}" if r["peak_activation_gib"] is not None else "n/a"
+        lines.append(f"| {name} | {r['sentences_per_s_encode']:.0f} | {r['sentences_per_s_forward']:.0f} | "
+                     f"{r['forward_tflops']:.3g} | {mfu} | {r['weights_gib']:.2f} | {act} |")
+    lines += ["", "| ratio | measured |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in ratios.items()]
+    report = "\n".join(lines)
+    print(report)
+    result = {"device": device_name, "rows": rows, "ratios": ratios}
+    print(json.dumps(result))
+    if args.write:
+        _write_section("GPU", f"`bench_gpu.py`, {device_name}.\n\n{report}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

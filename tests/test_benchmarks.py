@@ -1,0 +1,78 @@
+"""The benchmark arithmetic behind the GPU figures: the FLOP count of MFU, checked against torch's own counter,
+and a smoke run of the GPU benchmark on CPU (tiny shapes) so the script a GPU session runs is known to work."""
+
+import math
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import st_tp
+from benchmarks.bench_gpu import dense_fp16_peak_tflops, main, model_flops
+
+SENTENCES = ["A man is playing a guitar.", "Hi", "After hours of debate, the council postponed its decision."]
+
+
+def counted(module, features) -> tuple[int, int]:
+    """(Linear-module FLOPs, attention matmul FLOPs) of one forward, as torch's FlopCounterMode counts them."""
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        module.forward(dict(features))
+    per_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    linear = sum(v for name, v in per_module.items() if name.endswith("_proj"))
+    # Eager attention's own matmuls (scores, weighted values) are what self_attn counts beyond its projections.
+    attention = sum(v for name, v in per_module.items() if name.endswith("self_attn"))
+    attention -= sum(v for name, v in per_module.items() if ".self_attn." in name and name.endswith("_proj"))
+    return linear, attention
+
+
+@pytest.mark.parametrize("settings", [
+    dict(tp=True, output_layer=3),
+    dict(tp=False, output_layer=3, prefix_cache=False),
+    dict(tp=True, output_layer=-1, prefix_cache=False),
+])
+def test_model_flops_match_torch_counter_without_padding(tiny_llama, settings):
+    model = st_tp.build(tiny_llama, tp_end=3, device="cpu", model_kwargs={"attn_implementation": "eager"}, **settings)
+    module = model[0]
+    features = module.preprocess(SENTENCES[:1])  # one row: no padding, every column is computed
+    ours = model_flops(module, features)
+    linear, attention = counted(module, features)
+    assert ours["linear"] == linear
+    # Eager attention computes every (query, key) score; a causal query only needs the keys up to itself.
+    past = int(features["prefix_lengths"][0]) if settings.get("prefix_cache", True) else 0
+    q = int(features["attention_mask"].sum()) - past
+    assert math.isclose(ours["attention"], attention * (past + (q + 1) / 2) / (past + q), rel_tol=1e-12)
+
+
+def test_model_flops_exclude_padding_and_cached_prefix(tiny_llama):
+    model = st_tp.build(tiny_llama, tp_end=3, output_layer=3, device="cpu", model_kwargs={"attn_implementation": "eager"})
+    module = model[0]
+    features = module.preprocess(SENTENCES)
+    past = int(features["prefix_lengths"][0])
+    assert past > 0, "the PromptEOL prefix should be cached"
+    lengths = features["attention_mask"].sum(1)
+    ours = model_flops(module, features)["linear"]  # (also computes the cached prefix, outside the count below)
+    linear, _ = counted(module, features)  # torch counts the padded columns too
+    useful = int((lengths - past).sum())
+    computed = len(SENTENCES) * int(lengths.max() - past)
+    assert ours * computed == linear * useful
+
+
+def test_peak_table():
+    assert dense_fp16_peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert dense_fp16_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert dense_fp16_peak_tflops("NVIDIA H200") == 989.4
+    assert dense_fp16_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert dense_fp16_peak_tflops("Some Other GPU") is None
+
+
+def test_gpu_benchmark_smoke_run_on_cpu(data_dir):
+    result = main(["--shapes", "tiny", "--device", "cpu", "--dtype", "float32", "--peak-tflops", "2",
+                   "--sentences", "64", "--batch-size", "16", "--rounds", "1"])
+    assert set(result["rows"]) == {"tp", "vanilla", "vanilla_last"}
+    for row in result["rows"].values():
+        assert row["sentences_per_s_forward"] > 0 and row["sentences_per_s_encode"] > 0
+        assert row["mfu"] == pytest.approx(row["forward_tflops"] / 2)
+    # early exit keeps fewer layers: the paper-exit models hold less than the full-depth one
+    assert result["rows"]["tp"]["weights_gib"] < result["rows"]["vanilla_last"]["weights_gib"]
+    with pytest.raises(SystemExit):  # CPU figures are never written into the GPU section
+        main(["--shapes", "tiny", "--device", "cpu", "--write"])
