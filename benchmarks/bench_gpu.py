@@ -88,15 +88,17 @@ def model_flops(module, features: dict) -> dict[str, int]:
 
 def make_base(folder: Path, shapes: str, device: str, dtype: torch.dtype) -> str:
     """A random Llama of the given shapes with the Llama-2 tokenizer, initialised on `device`, saved in `dtype`."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
+    from transformers import AutoModel, AutoTokenizer, LlamaConfig
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     torch.manual_seed(0)
-    with torch.device(device):  # 7B in float32 is 27 GB: initialise where the memory is
-        model = LlamaModel(LlamaConfig(**SHAPES[shapes]))
-    model.to(dtype).save_pretrained(folder)
+    with torch.device(device):  # initialised in `dtype` where the memory is: 7B is 13.5 GB in fp16
+        model = AutoModel.from_config(LlamaConfig(**SHAPES[shapes]), dtype=dtype)
+    model.save_pretrained(folder)
     del model
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
     AutoTokenizer.from_pretrained(ROOT / "assets" / "tiny-llama-install-check").save_pretrained(folder)
     return str(folder)
 
