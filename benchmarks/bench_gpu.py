@@ -21,11 +21,10 @@ peak; the weights' and the peak activation memory.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -34,15 +33,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_speed import _write_section, sentences  # noqa: E402
+from benchmarks.common import SHAPES, make_base, ratio_lines, sentences, time_interleaved, write_section  # noqa: E402
 
 PAPER_PRESET = ROOT / "configs" / "llama2-7b-prompteol-tp.yaml"
-SHAPES = {
-    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5),
-    "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=8, num_attention_heads=4,
-                 num_key_value_heads=4, vocab_size=32000, max_position_embeddings=1024),
-}
 # Dense (no sparsity) FP16/BF16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s; matched in this order
 # against torch.cuda.get_device_name(). Anything else needs --peak-tflops.
 DENSE_FP16_PEAK_TFLOPS = [("H200", 989.4), ("H100 PCIe", 756.0), ("H100 NVL", 835.5), ("H100", 989.4),
@@ -84,23 +77,6 @@ def model_flops(module, features: dict) -> dict[str, int]:
         tokens += int(mask.sum())
         pairs += int(((mask.cumsum(1) + past) * mask).sum())  # each computed token attends to past + itself + earlier
     return {"linear": 2 * tokens * sum(linear_weights), "attention": 4 * attention_width * pairs * layers_run}
-
-
-def make_base(folder: Path, shapes: str, device: str, dtype: torch.dtype) -> str:
-    """A random Llama of the given shapes with the Llama-2 tokenizer, initialised on `device`, saved in `dtype`."""
-    from transformers import AutoModel, AutoTokenizer, LlamaConfig
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    torch.manual_seed(0)
-    with torch.device(device):  # initialised in `dtype` where the memory is: 7B is 13.5 GB in fp16
-        model = AutoModel.from_config(LlamaConfig(**SHAPES[shapes]), dtype=dtype)
-    model.save_pretrained(folder)
-    del model
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-    AutoTokenizer.from_pretrained(ROOT / "assets" / "tiny-llama-install-check").save_pretrained(folder)
-    return str(folder)
 
 
 def paper_settings(num_layers: int) -> dict:
@@ -177,7 +153,6 @@ def main(argv: list[str] | None = None) -> dict:
             for features in prepared[name]:
                 models[name][0].forward(dict(features))
 
-    times = {(name, kind): [] for name in models for kind in ("encode", "forward")}
     activation_gib = {}
     for name in models:  # warm-up (kernels, prefix caches), and the peak activation memory of one encode
         forward(name)
@@ -189,18 +164,12 @@ def main(argv: list[str] | None = None) -> dict:
         if on_cuda:
             synchronize(args.device)
             activation_gib[name] = (torch.cuda.max_memory_allocated(args.device) - before) / 2**30
-    for _ in range(args.rounds):  # interleaved: every round times every variant once
-        for name in models:
-            for kind, fn in (("encode", encode), ("forward", forward)):
-                synchronize(args.device)
-                start = time.perf_counter()
-                fn(name)
-                synchronize(args.device)
-                times[name, kind].append(time.perf_counter() - start)
+    runs = {(name, kind): functools.partial(fn, name) for name in models for kind, fn in (("encode", encode), ("forward", forward))}
+    med = time_interleaved(runs, args.rounds, sync=functools.partial(synchronize, args.device))
 
     rows = {}
     for name in models:
-        encode_s, forward_s = (statistics.median(times[name, k]) for k in ("encode", "forward"))
+        encode_s, forward_s = med[name, "encode"], med[name, "forward"]
         achieved = flops[name] / forward_s / 1e12
         rows[name] = {
             "sentences_per_s_encode": len(texts) / encode_s,
@@ -230,13 +199,13 @@ def main(argv: list[str] | None = None) -> dict:
         act = f"{r['peak_activation_gib']:.2f}" if r["peak_activation_gib"] is not None else "n/a"
         lines.append(f"| {name} | {r['sentences_per_s_encode']:.0f} | {r['sentences_per_s_forward']:.0f} | "
                      f"{r['forward_tflops']:.3g} | {mfu} | {r['weights_gib']:.2f} | {act} |")
-    lines += ["", "| ratio | measured |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in ratios.items()]
+    lines += ratio_lines(ratios)
     report = "\n".join(lines)
     print(report)
     result = {"device": device_name, "rows": rows, "ratios": ratios}
     print(json.dumps(result))
     if args.write:
-        _write_section("GPU", f"`bench_gpu.py`, {device_name}.\n\n{report}")
+        write_section("GPU", f"`bench_gpu.py`, {device_name}.\n\n{report}")
     return result
 
 

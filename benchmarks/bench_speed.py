@@ -11,39 +11,24 @@ Paper setting scaled to 16 layers: TP before layers 1..3 (7/32 -> 4/16), exit at
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-STSB = ROOT.parent / "shared" / "data" / "raw" / "stsb.test.tsv"
+
+from benchmarks.common import make_base, ratio_lines, sentences, time_interleaved, write_section  # noqa: E402
+
+SHAPE = "llama-512x16"
 LAYERS, EXIT, TP_END = 16, 14, 4
-
-
-def make_base(folder: Path) -> str:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
-
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=512, intermediate_size=1408, num_hidden_layers=LAYERS, num_attention_heads=8,
-                         num_key_value_heads=8, vocab_size=32000, max_position_embeddings=2048)
-    LlamaModel(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(ROOT / "assets" / "tiny-llama-install-check").save_pretrained(folder)
-    return str(folder)
-
-
-def sentences(n: int) -> list[str]:
-    from st_tp.data import read_tsv
-
-    return [s for r in read_tsv(STSB) for s in (r["sentence1"], r["sentence2"])][:n]
 
 
 VARIANTS = {  # name -> build settings; "naive" marks the official-style reference path
@@ -121,18 +106,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
-        base = make_base(Path(tmp) / "llama-512x16")
+        base = make_base(Path(tmp) / SHAPE, SHAPE)
         fns = {name: build_variant(base, name) for name in VARIANTS}
         for name, fn in fns.items():  # warm-up (and prefix caches)
             fn(workload(name, 16))
-        times = {name: [] for name in fns}
-        for _ in range(args.rounds):  # interleaved: every round times every variant once
-            for name, fn in fns.items():
-                texts = workload(name, args.sentences)
-                start = time.perf_counter()
-                fn(texts)
-                times[name].append((time.perf_counter() - start) / len(texts))
-        med = {name: statistics.median(t) for name, t in times.items()}
+        texts = {name: workload(name, args.sentences) for name in fns}
+        seconds = time_interleaved({name: functools.partial(fn, texts[name]) for name, fn in fns.items()}, args.rounds)
+        med = {name: seconds[name] / len(texts[name]) for name in fns}
         memory = {name: peak_memory(base, name, 64) for name in fns}
         tokens = {cache: token_ratio(base, cache) for cache in (True, False)}
     ratios = {
@@ -150,26 +130,12 @@ def main() -> None:
     lines = [f"Machine: {machine}; {args.rounds} interleaved rounds, medians per sentence.", "",
              "| variant | median ms / sentence | peak RSS MiB (fresh process, 64 sentences) |", "|---|---|---|"]
     lines += [f"| {name} | {1000 * med[name]:.2f} | {memory[name]:.0f} |" for name in fns]
-    lines += ["", "| ratio | measured |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in ratios.items()]
+    lines += ratio_lines(ratios)
     report = "\n".join(lines)
     print(report)
     print(json.dumps({"median_s_per_sentence": med, "ratios": ratios, "peak_rss_mib": memory}))
     if args.write:
-        _write_section("bench_speed.py (CPU)", report)
-
-
-def _write_section(title: str, body: str, path: Path | None = None) -> None:
-    """Replace (or append) the section `## {title}` of RESULTS.md, keeping every other section as it is."""
-    path = path or ROOT / "benchmarks" / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    head, *sections = text.split("\n## ")
-    titled = [(sec.split("\n", 1)[0].strip(), sec) for sec in sections]
-    new = f"{title}\n\n{body.strip()}\n"
-    if any(t == title for t, _ in titled):
-        titled = [(t, new if t == title else sec) for t, sec in titled]
-    else:
-        titled.append((title, new))
-    path.write_text("\n## ".join([head.rstrip() + "\n", *(sec.rstrip() + "\n" for _, sec in titled)]))
+        write_section("bench_speed.py (CPU)", report)
 
 
 if __name__ == "__main__":

@@ -11,16 +11,15 @@ Both the sweep and the plain evaluations load the model inside the timed call, a
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_speed import _write_section, make_base  # noqa: E402
+from benchmarks.bench_speed import SHAPE  # noqa: E402
+from benchmarks.common import make_base, ratio_lines, time_interleaved, write_section  # noqa: E402
 
 DEV = ROOT.parent / "shared" / "data" / "raw" / "stsb.dev.tsv"
 
@@ -40,7 +39,7 @@ def main() -> None:
     from st_tp.sweep import sweep
 
     with tempfile.TemporaryDirectory() as tmp:
-        base = make_base(Path(tmp) / "llama-512x16")
+        base = make_base(Path(tmp) / SHAPE, SHAPE)
         s1, s2, gold = read_pairs(DEV, args.pairs)
         common = dict(limit=args.pairs, dtype="float32", device="cpu", show_progress_bar=False, include_vanilla=False)
         def plain(output_layer):  # one evaluation as a user runs it: build (load) the model, embed both sides, score
@@ -54,23 +53,18 @@ def main() -> None:
             "plain_exit": lambda: plain(14),
             "plain_last": lambda: plain(-1),
         }
-        times = {name: [] for name in runs}
-        for _ in range(args.rounds):
-            for name, run in runs.items():
-                start = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - start)
-    med = {name: statistics.median(t) for name, t in times.items()}
+        med = time_interleaved(runs, args.rounds)
     lines = [f"CPU float32, 2 cores; {args.pairs} STS-B dev pairs; {args.rounds} interleaved rounds, median seconds.", "",
              "| run | median s |", "|---|---|"] + [f"| {n} | {v:.2f} |" for n, v in med.items()]
-    lines += ["", "| ratio | measured |", "|---|---|",
-              f"| full output-layer sweep (one tp_end) / one plain evaluation at exit 14/16 (goal <= 1.3) | {med['sweep_one'] / med['plain_exit']:.3f} |",
-              f"| full output-layer sweep (one tp_end) / one plain evaluation at output_layer=-1 | {med['sweep_one'] / med['plain_last']:.3f} |",
-              f"| sweep of 7 tp_end values / 7 x one-tp_end sweep (shared layers reused) | {med['sweep_many'] / (7 * med['sweep_one']):.3f} |"]
+    lines += ratio_lines({
+        "full output-layer sweep (one tp_end) / one plain evaluation at exit 14/16 (goal <= 1.3)": med["sweep_one"] / med["plain_exit"],
+        "full output-layer sweep (one tp_end) / one plain evaluation at output_layer=-1": med["sweep_one"] / med["plain_last"],
+        "sweep of 7 tp_end values / 7 x one-tp_end sweep (shared layers reused)": med["sweep_many"] / (7 * med["sweep_one"]),
+    })
     report = "\n".join(lines)
     print(report)
     if args.write:
-        _write_section("bench_sweep.py (CPU)", report)
+        write_section("bench_sweep.py (CPU)", report)
 
 
 if __name__ == "__main__":
