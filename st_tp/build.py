@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from sentence_transformers import SentenceTransformer
 
 from st_tp.config import TPConfig, load_preset
-from st_tp.module import TokenPrepending
+from st_tp.module import TokenPrepending, resolve_device
 
 
 def build(
@@ -36,8 +35,7 @@ def build(
         tp_config = TPConfig()
     tp_config = tp_config.replace(**overrides)
     module = TokenPrepending(base_model, tp_config, model_kwargs=model_kwargs)
-    device = tp_config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = SentenceTransformer(modules=[module], device=device)
+    model = SentenceTransformer(modules=[module], device=resolve_device(tp_config.device))
     # The model card names the base model and lists the TP settings (the module's repr); no hub lookup.
     model.model_card_data.base_model = base_model
     model.model_card_data.add_tags(["token-prepending", "st_tp", f"prompt-{tp_config.prompt_method}"])

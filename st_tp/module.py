@@ -31,11 +31,15 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 _MIN_PREFIX_TOKENS = 2  # a BOS alone is not worth a cache
 
 
+def resolve_device(device: str | None) -> str:
+    """None = CUDA when available, else CPU."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def resolve_dtype(dtype: str, device: str | None) -> torch.dtype:
     """'auto' = float16 on CUDA (the paper's setting), float32 elsewhere."""
     if dtype == "auto":
-        on_cuda = device.startswith("cuda") if device else torch.cuda.is_available()
-        return torch.float16 if on_cuda else torch.float32
+        return torch.float16 if resolve_device(device).startswith("cuda") else torch.float32
     return _DTYPES[dtype]
 
 

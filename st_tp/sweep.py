@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from st_tp.config import TPConfig
 from st_tp.data import read_pairs
 from st_tp.forward import continue_layers, run_layers
-from st_tp.module import TokenPrepending, collate
+from st_tp.module import TokenPrepending, collate, resolve_device
 
 VANILLA = "vanilla"
 
@@ -73,7 +73,7 @@ def sweep(
     config = TPConfig(prompt_method=prompt_method if template is None else "custom", template=template, tp_start=tp_start,
                       tp_end=tp_ends[-1], output_layer=-1, dtype=dtype, device=device)
     module = TokenPrepending(base_model, config)
-    module.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    module.to(resolve_device(device))
     device = module.pst_embedding.device
     layers = module.num_hidden_layers_base
     s1, s2, gold = read_pairs(dev, limit)
