@@ -64,33 +64,27 @@ def model_flops(module, features: dict) -> dict[str, int]:
     ]
     cfg = decoder.config
     attention_width = cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-    batch = features["input_ids"].shape[0] // len(module.encoders)
     tokens = pairs = 0
-    for g in range(len(module.encoders)):
-        rows = slice(g * batch, (g + 1) * batch)
-        pst = features.get("pst_positions")
-        _, mask, _, prefix = module.prepare(
-            module.encoders[g], features["input_ids"][rows], features["attention_mask"][rows], None if pst is None else pst[rows],
-            int(features["prefix_lengths"][g]),
-        )
-        past = prefix.length if prefix is not None else 0
+    for batch in module.template_batches(features):
+        mask = batch.attention_mask
+        past = batch.prefix.length if batch.prefix is not None else 0
         tokens += int(mask.sum())
         pairs += int(((mask.cumsum(1) + past) * mask).sum())  # each computed token attends to past + itself + earlier
     return {"linear": 2 * tokens * sum(linear_weights), "attention": 4 * attention_width * pairs * layers_run}
 
 
-def paper_settings(num_layers: int) -> dict:
-    """The paper's Llama-2-7B PromptEOL+TP setting (from the preset), scaled to `num_layers`."""
+def paper_settings(total_layers: int) -> dict:
+    """The paper's Llama-2-7B PromptEOL+TP setting (from the preset), scaled to `total_layers`."""
     from st_tp.config import load_preset
 
     _, paper = load_preset(PAPER_PRESET)
-    scale = num_layers / 32
+    scale = total_layers / 32
     return dict(prompt_method=paper.prompt_method, tp_start=paper.tp_start,
                 tp_end=max(paper.tp_start + 1, round(paper.tp_end * scale)), output_layer=round(paper.output_layer * scale))
 
 
-def variants(num_layers: int) -> dict[str, dict]:
-    paper = paper_settings(num_layers)
+def variants(total_layers: int) -> dict[str, dict]:
+    paper = paper_settings(total_layers)
     return {
         "tp": paper,
         "vanilla": dict(paper, tp=False),
@@ -135,11 +129,11 @@ def main(argv: list[str] | None = None) -> dict:
     device_name = torch.cuda.get_device_name(args.device) if on_cuda else "CPU"
     peak = args.peak_tflops or (dense_fp16_peak_tflops(device_name) if dtype != torch.float32 else None)
     texts = sentences(args.sentences)
-    num_layers = SHAPES[args.shapes]["num_hidden_layers"]
+    total_layers = SHAPES[args.shapes]["num_hidden_layers"]
     with tempfile.TemporaryDirectory() as tmp:
         base = make_base(Path(tmp) / args.shapes, args.shapes, args.device, dtype)
         models, weights_gib = {}, {}
-        for name, settings in variants(num_layers).items():
+        for name, settings in variants(total_layers).items():
             models[name] = st_tp.build(base, dtype=args.dtype, device=args.device, **settings)
             weights_gib[name] = sum(p.numel() * p.element_size() for p in models[name].parameters()) / 2**30
     prepared = {name: batches(model[0], texts, args.batch_size, args.device) for name, model in models.items()}
@@ -183,11 +177,11 @@ def main(argv: list[str] | None = None) -> dict:
         "TP / vanilla PromptEOL, same exit, forward time": rows["vanilla"]["sentences_per_s_forward"] / rows["tp"]["sentences_per_s_forward"],
         "TP at the paper's exit / vanilla PromptEOL at output_layer=-1, forward time": rows["vanilla_last"]["sentences_per_s_forward"] / rows["tp"]["sentences_per_s_forward"],
     }
-    settings = paper_settings(num_layers)
+    settings = paper_settings(total_layers)
     lines = [
-        f"Device: {device_name}; torch {torch.__version__}; {args.dtype}; shapes {args.shapes} ({num_layers} layers); "
+        f"Device: {device_name}; torch {torch.__version__}; {args.dtype}; shapes {args.shapes} ({total_layers} layers); "
         f"batch {args.batch_size}; {len(texts)} STS-B test sentences; {args.rounds} interleaved rounds, medians. "
-        f"Paper setting: tp_start {settings['tp_start']}, tp_end {settings['tp_end']}, exit {settings['output_layer']}/{num_layers}. "
+        f"Paper setting: tp_start {settings['tp_start']}, tp_end {settings['tp_end']}, exit {settings['output_layer']}/{total_layers}. "
         f"MFU = useful forward FLOPs (cached prefix and padding excluded) / forward time / "
         + (f"{peak:g} TFLOP/s dense peak." if peak else "no known peak (MFU not computed; pass --peak-tflops)."),
         "",

@@ -6,12 +6,18 @@ Paper setting scaled to 16 layers: TP before layers 1..3 (7/32 -> 4/16), exit at
 
     python benchmarks/bench_speed.py                 # prints medians and ratios, writes nothing
     python benchmarks/bench_speed.py --write         # also updates benchmarks/RESULTS.md
+
+Real-model mode (`--model packaged:smollm2-135m` or `packaged:gemma3-270m`; falls back to the random model when the
+package is absent): st_tp against sentence-transformers' own `Transformer` + `Pooling("lasttoken")` with the
+PromptEOL prompt applied by hand (all layers; the same embeddings as st_tp's vanilla PromptEOL at -1), and every
+prompt method with prefix_cache "auto" (the default), True and False.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import json
 import os
 import platform
@@ -27,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import make_base, ratio_lines, sentences, time_interleaved, write_section  # noqa: E402
 
+MACHINE = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU float32"
 SHAPE = "llama-512x16"
 LAYERS, EXIT, TP_END = 16, 14, 4
 
@@ -98,13 +105,103 @@ def peak_memory(base: str, name: str, n: int) -> float:
     return int(out.stdout.strip().splitlines()[-1]) / 1024
 
 
+CACHE_METHODS = ("prompteol", "cot", "ke", "metaeol")
+
+
+def real_variants(total_layers: int) -> dict[str, dict]:
+    """The paper's setting scaled to the model (tp 1..6, exit 27/32 of the depth), per prompt method and cache mode."""
+    exit_layer = round(27 / 32 * total_layers)
+    variants = {"st_native": dict(native=True), "vanilla_last": dict(tp=False, output_layer=-1)}
+    for method in CACHE_METHODS:
+        for label, cache in (("auto", "auto"), ("cache", True), ("nocache", False)):
+            variants[f"{method}_{label}"] = dict(prompt_method=method, tp_end=7, output_layer=exit_layer, prefix_cache=cache)
+    return variants
+
+
+def st_native(base: str):
+    """What a sentence-transformers user would run: Transformer + last-token pooling over the PromptEOL prompt."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    from st_tp.prompts import PROMPTS, PromptEncoder
+
+    transformer = Transformer(  # text modality pinned: no chat template around the prompt
+        base, modality_config={"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
+        module_output_name="token_embeddings", model_kwargs={"dtype": torch.float32},
+    )
+    model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "lasttoken")], device="cpu")
+    encoder = PromptEncoder(transformer.tokenizer, PROMPTS["prompteol"][0], tp=False)
+    return lambda texts: model.encode([encoder.fill(t) for t in texts], batch_size=32)
+
+
+def real_main(args, base: str) -> None:
+    import numpy as np
+    from transformers import AutoConfig
+
+    import st_tp
+
+    total_layers = AutoConfig.from_pretrained(base).num_hidden_layers
+    variants = real_variants(total_layers)
+    fns = {}
+    for name, settings in variants.items():
+        if settings.get("native"):
+            fns[name] = st_native(base)
+        else:
+            model = st_tp.build(base, dtype="float32", device="cpu", **settings)
+            fns[name] = functools.partial(model.encode, batch_size=32)
+    check = sentences(64)
+    a, b = fns["st_native"](check), fns["vanilla_last"](check)
+    agreement = float(np.min((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
+    for name, fn in fns.items():  # warm-up (and prefix caches)
+        fn(workload(name, 16))
+    texts = {name: workload(name, args.sentences) for name in fns}
+    seconds = time_interleaved({name: functools.partial(fn, texts[name]) for name, fn in fns.items()}, args.rounds)
+    med = {name: seconds[name] / len(texts[name]) for name in fns}
+    exit_layer = variants["prompteol_auto"]["output_layer"]
+    ratios = {
+        "st_tp vanilla PromptEOL at -1 / ST native (goal <= 0.78)": med["vanilla_last"] / med["st_native"],
+        f"st_tp TP PromptEOL (1..6, exit {exit_layer}, defaults) / ST native (goal <= 0.70)": med["prompteol_auto"] / med["st_native"],
+    }
+    for method in CACHE_METHODS:
+        ratios[f"{method}: TP defaults (prefix_cache auto) / TP without cache (goal <= 1.00)"] = med[f"{method}_auto"] / med[f"{method}_nocache"]
+        ratios[f"  {method}: TP cache forced on / off"] = med[f"{method}_cache"] / med[f"{method}_nocache"]
+    for method in ("ke", "metaeol"):
+        ratios[f"{method}: throughput defaults / without cache (goal >= {1.5 if method == 'ke' else 2})"] = (
+            med[f"{method}_nocache"] / med[f"{method}_auto"])
+    intro = (f"Model: {args.model} ({total_layers} layers). Machine: {MACHINE}; {args.rounds} interleaved rounds, "
+             f"medians per sentence; {args.sentences} STS-B test sentences (KE half, MetaEOL an eighth), batch 32. "
+             f"ST native and st_tp vanilla at -1 agree: min cosine {agreement:.6f} over 64 sentences.")
+    rows = {name: [f"{1000 * med[name]:.2f}"] for name in fns}
+    publish(f"bench_speed.py --model {args.model} (CPU)", intro, ["median ms / sentence"], rows, ratios,
+            {"median_s_per_sentence": med, "ratios": ratios, "min_cosine_native_vs_vanilla": agreement}, args.write)
+
+
+def publish(title: str, intro: str, columns: list[str], rows: dict[str, list[str]], ratios: dict, data: dict, write: bool) -> None:
+    """Print the variants' table and the ratios (and their JSON); with `write`, put them in RESULTS.md too."""
+    lines = [intro, "", "| variant | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows.items()]
+    report = "\n".join(lines + ratio_lines(ratios))
+    print(report)
+    print(json.dumps(data))
+    if write:
+        write_section(title, report)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sentences", type=int, default=192)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--model", default="random", help="random (a random 512x16 Llama) or packaged:<name>")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
+    if args.model != "random":
+        from st_tp.base_model import PACKAGED, resolve_base_model
+
+        package = PACKAGED[args.model.removeprefix("packaged:")].package
+        if importlib.util.find_spec(package) is not None:
+            return real_main(args, resolve_base_model(args.model).path)
+        print(f"{package} is not installed: falling back to the random model", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         base = make_base(Path(tmp) / SHAPE, SHAPE)
         fns = {name: build_variant(base, name) for name in VARIANTS}
@@ -126,16 +223,10 @@ def main() -> None:
         "KE throughput, cache on / off (goal >= 1.5)": med["ke_nocache"] / med["ke_cache"],
         "MetaEOL throughput, cache on / off (goal >= 2)": med["metaeol_nocache"] / med["metaeol_cache"],
     }
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU float32"
-    lines = [f"Machine: {machine}; {args.rounds} interleaved rounds, medians per sentence.", "",
-             "| variant | median ms / sentence | peak RSS MiB (fresh process, 64 sentences) |", "|---|---|---|"]
-    lines += [f"| {name} | {1000 * med[name]:.2f} | {memory[name]:.0f} |" for name in fns]
-    lines += ratio_lines(ratios)
-    report = "\n".join(lines)
-    print(report)
-    print(json.dumps({"median_s_per_sentence": med, "ratios": ratios, "peak_rss_mib": memory}))
-    if args.write:
-        write_section("bench_speed.py (CPU)", report)
+    rows = {name: [f"{1000 * med[name]:.2f}", f"{memory[name]:.0f}"] for name in fns}
+    publish("bench_speed.py (CPU)", f"Machine: {MACHINE}; {args.rounds} interleaved rounds, medians per sentence.",
+            ["median ms / sentence", "peak RSS MiB (fresh process, 64 sentences)"], rows, ratios,
+            {"median_s_per_sentence": med, "ratios": ratios, "peak_rss_mib": memory}, args.write)
 
 
 if __name__ == "__main__":

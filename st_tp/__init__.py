@@ -1,10 +1,25 @@
 """st_tp: Token Prepending (Fu et al., ACL 2025) for any decoder-only LLM, as a sentence-transformers module."""
 
-from st_tp.build import build
-from st_tp.config import TPConfig, load_preset
-from st_tp.forward import tp_forward
-from st_tp.module import TokenPrepending
-from st_tp.prompts import PROMPTS
+from __future__ import annotations
 
-__all__ = ["PROMPTS", "TPConfig", "TokenPrepending", "build", "load_preset", "tp_forward"]
+import importlib
+
+# Imported on first use (PEP 562): `st-tp --help` and `import st_tp.prompts` must not wait for torch and transformers.
+_EXPORTS = {
+    "PROMPTS": "st_tp.prompts",
+    "TPConfig": "st_tp.config",
+    "TokenPrepending": "st_tp.module",
+    "build": "st_tp.build",
+    "load_preset": "st_tp.config",
+    "tp_forward": "st_tp.forward",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'st_tp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

@@ -7,22 +7,27 @@ from typing import Any
 
 from sentence_transformers import SentenceTransformer
 
-from st_tp.config import TPConfig, load_preset
-from st_tp.module import TokenPrepending, resolve_device
+from st_tp.base_model import resolve_base_model
+from st_tp.config import TPConfig, load_preset, resolve_device
+from st_tp.module import TokenPrepending
 
 
 def build(
     base_model: str,
     config: str | Path | TPConfig | None = None,
     *,
+    gguf_file: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> SentenceTransformer:
     """Build a TP SentenceTransformer.
 
     Args:
-        base_model: hub id or local folder of a decoder-only LLM (e.g. "meta-llama/Llama-2-7b-hf").
+        base_model: hub id or local folder of a decoder-only LLM (e.g. "meta-llama/Llama-2-7b-hf"), or
+            `packaged:<name>` for a GGUF model installed as a Python package (see `st_tp.base_model.PACKAGED`).
         config: a YAML preset path (see configs/) or a TPConfig; defaults to TPConfig().
+        gguf_file: a GGUF file inside the `base_model` folder; tokenizer, config and weights are read from it (once,
+            then cached as a plain folder), and the saved model is an ordinary st_tp folder.
         model_kwargs: extra arguments for the HF model loader (e.g. attn_implementation, device_map).
         **overrides: TPConfig keys: prompt_method, template, tp, tp_start, tp_end, output_layer, pst_init,
             preprocess, dtype, device, max_seq_length, prefix_cache, num_pst, mask_pst_first_layer, tp_resume_layer.
@@ -34,9 +39,10 @@ def build(
     else:
         tp_config = TPConfig()
     tp_config = tp_config.replace(**overrides)
-    module = TokenPrepending(base_model, tp_config, model_kwargs=model_kwargs)
+    base = resolve_base_model(base_model, gguf_file)
+    module = TokenPrepending(base.path, tp_config, model_kwargs=model_kwargs)
     model = SentenceTransformer(modules=[module], device=resolve_device(tp_config.device))
     # The model card names the base model and lists the TP settings (the module's repr); no hub lookup.
-    model.model_card_data.base_model = base_model
+    model.model_card_data.base_model = base.name
     model.model_card_data.add_tags(["token-prepending", "st_tp", f"prompt-{tp_config.prompt_method}"])
     return model

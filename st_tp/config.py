@@ -7,16 +7,50 @@ it from YAML presets under `configs/`. Loading rejects unknown or ill-typed keys
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-PST_INITS = ("zeros", "ones", "normal", "uniform", "token:<text>")
-_PST_INIT_RE = re.compile(r"^(zeros|ones|normal(:\d+)?|uniform(:\d+)?|token:.+)$", re.DOTALL)
+from st_tp.pst import parse_pst_init
+
+if TYPE_CHECKING:
+    import torch
+
+DTYPE_NAMES = ("float32", "float16", "bfloat16")  # the torch dtypes of the same names
+DTYPES = ("auto", *DTYPE_NAMES)
+
+
+def resolve_device(device: str | None) -> str:
+    """None = sentence-transformers' own choice (cuda, mps, npu, xpu, hpu, else cpu)."""
+    if device:
+        return device
+    from sentence_transformers.util import get_device_name
+
+    return get_device_name()
+
+
+def resolve_dtype(dtype: str, device: str | None) -> torch.dtype:
+    """'auto' = float16 on CUDA (the paper's setting), float32 elsewhere (CPU float16 is slow and inexact)."""
+    import torch
+
+    if dtype == "auto":
+        return torch.float16 if resolve_device(device).startswith("cuda") else torch.float32
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"Unknown dtype {dtype!r}. Allowed: {', '.join(DTYPES)}.")
+    return getattr(torch, dtype)
+
+
+def check_tp_range(tp_start: int, tp_end: int) -> None:
+    """TP overwrites <PST> before layers tp_start <= i < tp_end: the range must hold at least one layer."""
+    if tp_start < 0:
+        raise ValueError(f"tp_start must be >= 0, got {tp_start}.")
+    if tp_end <= tp_start:
+        raise ValueError(
+            f"tp_end ({tp_end}) must be greater than tp_start ({tp_start}): TP overwrites <PST> before "
+            "layers tp_start <= i < tp_end. Use e.g. tp_start=1, tp_end=7, or tp=False for no TP."
+        )
 
 
 @dataclass(frozen=True)
@@ -42,14 +76,18 @@ class TPConfig:
     """<PST> input vector: zeros | ones | normal[:seed] | uniform[:seed] | token:<text>."""
     preprocess: bool = True
     """The official sentence preprocessing (append '.', '"' -> "'", trailing '?' -> '.')."""
+    parse_special_tokens: bool = False
+    """Special-token text in a sentence ("<bos>", "<s>") stays text. True parses it into control ids, as the official
+    code does (for fidelity studies only)."""
     dtype: str = "auto"
     """auto (float16 on CUDA, float32 elsewhere) | float32 | float16 | bfloat16."""
     device: str | None = None
-    """torch device for `st_tp.build`; None picks CUDA when available."""
+    """torch device for `st_tp.build`; None picks what sentence-transformers picks (cuda, mps, ..., cpu)."""
     max_seq_length: int = 512
     """Longer prompts are cut inside the sentence, never in the template."""
-    prefix_cache: bool = True
-    """Reuse the keys/values of the template text before the sentence (exact; verified per batch)."""
+    prefix_cache: bool | str = "auto"
+    """Reuse the keys/values of the template text before the sentence (exact). "auto": only where the shared prefix
+    is long enough to pay for the cached attention (see ``st_tp.module.AUTO_PREFIX_TOKENS``); True/False force it."""
     num_pst: int = 1
     """Number of consecutive <PST> tokens at the marker (paper A.4); all are overwritten."""
     mask_pst_first_layer: bool = False
@@ -79,17 +117,12 @@ class TPConfig:
                     "sentence) or set tp=False."
                 )
         if self.tp:
-            if self.tp_start < 0:
-                raise ValueError(f"tp_start must be >= 0, got {self.tp_start}.")
-            if self.tp_end <= self.tp_start:
-                raise ValueError(
-                    f"tp_end ({self.tp_end}) must be greater than tp_start ({self.tp_start}): TP overwrites <PST> before "
-                    "layers tp_start <= i < tp_end. Use e.g. tp_start=1, tp_end=7, or tp=False for no TP."
-                )
-        if not _PST_INIT_RE.match(self.pst_init):
-            raise ValueError(f"Unknown pst_init {self.pst_init!r}. Allowed: zeros, ones, normal[:seed], uniform[:seed], token:<text>.")
+            check_tp_range(self.tp_start, self.tp_end)
+        parse_pst_init(self.pst_init)
         if self.dtype not in DTYPES:
             raise ValueError(f"Unknown dtype {self.dtype!r}. Allowed: {', '.join(DTYPES)}.")
+        if isinstance(self.prefix_cache, str) and self.prefix_cache != "auto":
+            raise ValueError(f"prefix_cache must be True, False or 'auto', got {self.prefix_cache!r}.")
         if self.on_nonfinite not in ("raise", "float32"):
             raise ValueError(f"on_nonfinite must be 'raise' or 'float32', got {self.on_nonfinite!r}.")
         if self.max_seq_length < 4:
@@ -146,10 +179,11 @@ def _check_types(config: TPConfig) -> None:
         "output_layer": (int,),
         "pst_init": (str,),
         "preprocess": (bool,),
+        "parse_special_tokens": (bool,),
         "dtype": (str,),
         "device": (str, type(None)),
         "max_seq_length": (int,),
-        "prefix_cache": (bool,),
+        "prefix_cache": (bool, str),
         "num_pst": (int,),
         "mask_pst_first_layer": (bool,),
         "tp_resume_layer": (int, type(None)),

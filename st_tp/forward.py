@@ -19,10 +19,15 @@ import threading
 from collections.abc import Collection, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-from transformers import DynamicCache
+
+from st_tp.config import check_tp_range
+
+if TYPE_CHECKING:
+    from st_tp.prefix_cache import PrefixKV
 
 
 @dataclass
@@ -36,11 +41,7 @@ class _ActivePass:
     capture_layers: frozenset[int]  # hidden_states indices (< L) whose last-token state we keep
     stop_after: int | None  # the forward stops once hidden_states[stop_after] is captured
     mask_pst_layer: int | None = None  # layer whose attention hides the <PST> keys (paper A.5)
-    save_inputs: frozenset[int] = frozenset()  # layers whose full input (before any overwrite) is kept
     captured: dict[int, Tensor] = field(default_factory=dict)
-    saved_inputs: dict[int, Tensor] = field(default_factory=dict)
-    layer_calls: dict[int, tuple[tuple, dict]] = field(default_factory=dict)  # args/kwargs, when saving inputs
-    prefix: PrefixKV | None = None  # the cached prompt prefix this pass started from
 
 
 _ACTIVE: ContextVar[_ActivePass | None] = ContextVar("st_tp_active_pass", default=None)
@@ -66,10 +67,6 @@ class _PreHook:
         if active is None:
             return None
         hidden = _hidden(args, kwargs)
-        if self.index in active.save_inputs:  # the sweep resumes here later: keep the input and every call's kwargs
-            active.saved_inputs[self.index] = hidden
-        if active.save_inputs:
-            active.layer_calls[self.index] = (args[1:], kwargs)
         if self.index == 0 and 0 in active.capture_layers:
             active.captured[0] = hidden[active.rows, active.last_positions]
             if active.stop_after == 0:
@@ -168,15 +165,15 @@ def install_hooks(decoder: nn.Module) -> None:
         decoder._st_tp_hooked_layers = len(decoder.layers)
 
 
-def resolve_layer(output_layer: int, num_layers: int) -> int:
+def resolve_layer(output_layer: int, total_layers: int) -> int:
     """hidden_states index in 0..L, from an index that may be negative (-1 = L = final-normed output)."""
-    if not -(num_layers + 1) <= output_layer <= num_layers:
+    if not -(total_layers + 1) <= output_layer <= total_layers:
         raise ValueError(
-            f"output_layer={output_layer} is outside the model, which has {num_layers} decoder layers. Allowed: "
-            f"{-(num_layers + 1)}..{num_layers} (0 = embeddings, k = input of layer k, {num_layers} or -1 = "
+            f"output_layer={output_layer} is outside the model, which has {total_layers} decoder layers. Allowed: "
+            f"{-(total_layers + 1)}..{total_layers} (0 = embeddings, k = input of layer k, {total_layers} or -1 = "
             "final-normed output, -2 = input of the last layer)."
         )
-    return output_layer % (num_layers + 1)
+    return output_layer % (total_layers + 1)
 
 
 def last_token_positions(attention_mask: Tensor) -> Tensor:
@@ -205,24 +202,21 @@ def run_layers(
     pst_embedding: Tensor | None = None,
     prefix: PrefixKV | None = None,
     mask_pst_layer: int | None = None,
-    num_layers: int | None = None,
-    save_inputs: Collection[int] = (),
-    return_pass: bool = False,
-) -> dict[int, Tensor] | tuple[dict[int, Tensor], _ActivePass]:
+    total_layers: int | None = None,
+) -> dict[int, Tensor]:
     """One TP forward; returns {hidden_states index: last-token states [B, H]} for every index in `capture`.
 
-    Layers after the deepest captured index never run. `num_layers` is L of the *unpruned* model (default:
+    Layers after the deepest captured index never run. `total_layers` is L of the *unpruned* model (default:
     len(layers)); index L is the final-normed output and needs every layer. Negative indices must already be
-    resolved with `resolve_layer`. With `return_pass`, also returns the pass, whose `saved_inputs` hold the inputs
-    of the layers in `save_inputs` and whose `layer_calls` hold every layer's call arguments (see continue_layers).
+    resolved with `resolve_layer`. `prefix` holds the keys/values of the columns that come before `input_ids`.
     """
     decoder = find_decoder(model)
     install_hooks(decoder)
-    num_layers = len(decoder.layers) if num_layers is None else num_layers
+    total_layers = len(decoder.layers) if total_layers is None else total_layers
     deepest = max(capture)
-    if deepest > len(decoder.layers) and deepest != num_layers:
+    if deepest > len(decoder.layers) and deepest != total_layers:
         raise ValueError(f"hidden_states[{deepest}] needs {deepest} layers; this (pruned) model has {len(decoder.layers)}.")
-    needs_norm = deepest == num_layers  # hidden_states[L] is the final-normed output
+    needs_norm = deepest == total_layers  # hidden_states[L] is the final-normed output
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)
     if pst_positions is not None and pst_positions.dim() == 1:
         pst_positions = pst_positions.unsqueeze(1)
@@ -254,11 +248,9 @@ def run_layers(
         last_positions=last,
         pst_positions=pst_positions,
         tp_layers=frozenset(tp_layers),
-        capture_layers=frozenset(k for k in capture if k < num_layers),
+        capture_layers=frozenset(k for k in capture if k < total_layers),
         stop_after=None if needs_norm else deepest,
         mask_pst_layer=mask_pst_layer,
-        save_inputs=frozenset(save_inputs),
-        prefix=prefix,
     )
     with _active(active):
         try:
@@ -272,33 +264,8 @@ def run_layers(
         except _EarlyExit:
             output = None
     if needs_norm:
-        active.captured[num_layers] = output.last_hidden_state[rows, last]
-    return (active.captured, active) if return_pass else active.captured
-
-
-def continue_layers(model: nn.Module, active: _ActivePass, start: int) -> dict[int, Tensor]:
-    """Resume a recorded pass at layer `start` from its saved input, without TP, through the final norm.
-
-    Used by the sweep: runs with different tp_end share every layer before tp_end, so each continues from the
-    largest run's saved state. The layer calls reuse the recorded kwargs (masks, rotary embeddings), which do
-    not depend on TP, so this works for any architecture the hooks support.
-    """
-    decoder = find_decoder(model)
-    if not isinstance(getattr(decoder, "norm", None), nn.Module):
-        raise ValueError(f"{type(decoder).__name__} has no final `norm` module; the sweep needs it for output_layer=-1.")
-    hidden = active.saved_inputs[start]
-    # The recorded cache already holds the full run's keys; a resumed run starts again from the bare prefix.
-    cache = active.prefix.expand(len(active.rows)) if active.prefix is not None else None
-    captured = {}
-    for index in range(start, len(decoder.layers)):
-        args, kwargs = active.layer_calls[index]
-        if cache is not None:
-            kwargs = dict(kwargs, past_key_values=cache)
-        output = decoder.layers[index](hidden, *args, **kwargs)
-        hidden = output[0] if isinstance(output, tuple) else output
-        captured[index + 1] = hidden[active.rows, active.last_positions]
-    captured[len(decoder.layers)] = decoder.norm(hidden)[active.rows, active.last_positions]
-    return captured
+        active.captured[total_layers] = output.last_hidden_state[rows, last]
+    return active.captured
 
 
 def tp_forward(
@@ -317,8 +284,8 @@ def tp_forward(
     `model` is a Hugging Face causal LM or its base model. The rows at `pst_positions` (LongTensor [B] or
     [B, n]; None = no TP) are embedded as `pst_embedding` (zeros by default) whatever id they hold.
     """
-    if pst_positions is not None and tp_end <= tp_start:
-        raise ValueError(f"tp_end ({tp_end}) must be greater than tp_start ({tp_start}) when pst_positions are given.")
+    if pst_positions is not None:
+        check_tp_range(tp_start, tp_end)
     if input_ids.shape != attention_mask.shape:
         raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} differ in shape.")
     exit_layer = resolve_layer(output_layer, len(find_decoder(model).layers))
@@ -332,51 +299,3 @@ def tp_forward(
         pst_embedding=pst_embedding,
     )
     return captured[exit_layer]
-
-
-@dataclass
-class PrefixKV:
-    """Keys and values of a prompt prefix shared by every input, computed once, reused for every batch.
-
-    Exact for TP: the prefix comes before every <PST> slot, so under causal attention nothing that TP
-    changes can reach it.
-    """
-
-    length: int
-    layers: list[tuple[Tensor, Tensor]]  # per decoder layer that runs: keys, values [1, heads, P, d]
-    config: object
-
-    @classmethod
-    @torch.no_grad()
-    def compute(cls, model: nn.Module, prefix_ids: list[int], num_layers: int, device, dtype) -> PrefixKV:
-        decoder = find_decoder(model)
-        install_hooks(decoder)
-        ids = torch.tensor([prefix_ids], device=device)
-        cache = DynamicCache(config=decoder.config)
-        active = _ActivePass(  # run only the layers whose keys/values are needed, then stop
-            rows=torch.zeros(1, dtype=torch.long, device=device),
-            last_positions=torch.tensor([len(prefix_ids) - 1], device=device),
-            pst_positions=None,
-            tp_layers=frozenset(),
-            capture_layers=frozenset([num_layers]),
-            stop_after=num_layers,
-        )
-        with _active(active), contextlib.suppress(_EarlyExit):
-            decoder(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache, use_cache=True)
-        layers = [(layer.keys, layer.values) for layer in cache.layers[:num_layers]]
-        return cls(length=len(prefix_ids), layers=layers, config=decoder.config)
-
-    def head(self, length: int) -> PrefixKV:
-        """The cache of the first `length` prefix tokens: a causal prefix's first keys/values ignore the rest."""
-        if length == self.length:
-            return self
-        if not 0 < length < self.length:
-            raise ValueError(f"A prefix of {self.length} tokens has no head of {length} tokens.")
-        return PrefixKV(length, [(k[:, :, :length], v[:, :, :length]) for k, v in self.layers], self.config)
-
-    def expand(self, batch_size: int) -> DynamicCache:
-        """A fresh cache for one batch (a forward appends to it, so it is never shared)."""
-        cache = DynamicCache(config=self.config)
-        for index, (keys, values) in enumerate(self.layers):
-            cache.update(keys.expand(batch_size, -1, -1, -1), values.expand(batch_size, -1, -1, -1), index)
-        return cache

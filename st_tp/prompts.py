@@ -9,8 +9,10 @@ vocabulary is resized and a user's literal "<PST>" text stays ordinary text.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from transformers import PreTrainedTokenizerBase
+if TYPE_CHECKING:  # prompts are read by the CLI's --help, which must not wait for transformers to import
+    from transformers import PreTrainedTokenizerBase
 
 PST = "<PST>"
 TEXT = "{text}"
@@ -117,8 +119,17 @@ class PromptEncoder:
         preprocess: bool = True,
         max_seq_length: int = 512,
         placeholder_id: int = 0,
+        parse_special_tokens: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
+        self.parse_special_tokens = parse_special_tokens
+        if not parse_special_tokens:
+            specials = sorted({t for t in tokenizer.all_special_tokens if t and t in template})
+            if specials:
+                raise ValueError(
+                    f"The template {template!r} contains special-token text {specials}, which st_tp tokenizes as plain "
+                    "text by default. Set parse_special_tokens=True to turn such text into control tokens."
+                )
         self.tp = tp
         self.num_pst = num_pst
         self.preprocess = preprocess
@@ -136,8 +147,14 @@ class PromptEncoder:
         prefix_end = self.split_char if tp else text_at
         self.prefix_ids = self._tokenize(self.vanilla_template[:prefix_end].strip(), special=True)
 
-    def _tokenize(self, text: str, special: bool) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+    def _tokenize(self, text: str, special: bool, offsets: bool = False):
+        # User text stays text: "<bos>" in a sentence is not a control token (unless parse_special_tokens, as the
+        # official code does). `special` adds the tokenizer's own BOS/EOS around the prompt.
+        encoded = self.tokenizer(
+            text, add_special_tokens=special, split_special_tokens=not self.parse_special_tokens,
+            return_offsets_mapping=offsets,
+        )
+        return encoded["offset_mapping"] if offsets else encoded["input_ids"]
 
     def fill(self, sentence: str) -> str:
         """The exact prompt string of the official pipeline (vanilla or TP, marker kept)."""
@@ -146,14 +163,15 @@ class PromptEncoder:
         return template.replace(TEXT, sentence, 1).strip()
 
     def encode(self, sentence: str) -> EncodedPrompt:
+        if self.preprocess:
+            sentence = preprocess_sentence(sentence)
         encoded = self._encode(sentence)
         if len(encoded.input_ids) > self.max_seq_length:
-            encoded = self._truncate(sentence, encoded)
+            encoded = self._truncate(sentence)
         return encoded
 
     def _encode(self, sentence: str) -> EncodedPrompt:
-        if self.preprocess:
-            sentence = preprocess_sentence(sentence)
+        """Ids of the prompt around an already preprocessed sentence."""
         vanilla = self.vanilla_template.replace(TEXT, sentence, 1)
         lead = len(vanilla) - len(vanilla.lstrip())
         vanilla = vanilla.strip()
@@ -172,22 +190,23 @@ class PromptEncoder:
             shared += 1
         return EncodedPrompt(ids, pst_positions, shared_prefix=shared)
 
-    def _truncate(self, sentence: str, encoded: EncodedPrompt) -> EncodedPrompt:
-        """Cut the sentence (never the template) until the prompt fits, so the last token stays the prompt's."""
-        for _ in range(8):
-            excess = len(encoded.input_ids) - self.max_seq_length
-            if excess <= 0:
-                return encoded
-            pieces = self.tokenizer(sentence, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-            keep = len(pieces) - excess - 1
-            if keep <= 0:
-                sentence = ""
-            else:
-                sentence = sentence[: pieces[keep][0]].rstrip()
-            encoded = self._encode(sentence)
-        if len(encoded.input_ids) > self.max_seq_length:
+    def _truncate(self, sentence: str) -> EncodedPrompt:
+        """The longest head of the sentence (cut at one of its token boundaries, never in the template) whose prompt
+        fits, found by bisection on the prompt as it is really tokenized: counting the sentence's tokens on their own
+        would miss how they merge with the quotes around them."""
+        fitting = self._encode("")
+        if len(fitting.input_ids) > self.max_seq_length:
             raise ValueError(
                 f"max_seq_length={self.max_seq_length} is shorter than the prompt template alone "
-                f"({len(encoded.input_ids)} tokens with an empty sentence); raise max_seq_length."
+                f"({len(fitting.input_ids)} tokens with an empty sentence); raise max_seq_length."
             )
-        return encoded
+        starts = [start for start, _ in self._tokenize(sentence, special=False, offsets=True)]
+        low, high = 0, min(len(starts) - 1, self.max_seq_length)  # keep `low` tokens: always fits; `high` may not
+        while low < high:
+            keep = (low + high + 1) // 2
+            candidate = self._encode(sentence[: starts[keep]].rstrip())
+            if len(candidate.input_ids) <= self.max_seq_length:
+                low, fitting = keep, candidate
+            else:
+                high = keep - 1
+        return fitting

@@ -1,8 +1,9 @@
 """The naive way, as the official code does it: every layer runs, every hidden state of every token is kept
 (`output_hidden_states=True`), no cache, and the <PST> row is overwritten in place by a plain pre-hook.
 
-Deliberately independent of `st_tp.forward` (no early exit, no pruning, no prefix cache, stock positions and
-masks), so tests can check the fast path against it and benchmarks can time what we replace.
+Deliberately independent of the rest of st_tp (no early exit, no pruning, no prefix cache, stock positions and
+masks, not even st_tp's decoder lookup), so tests can check the fast path against it and benchmarks can time what
+we replace.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from st_tp.forward import find_decoder
+
+def _decoder(model: nn.Module) -> nn.Module:
+    """The stock base model of an HF causal LM (`.model`), or the model itself when it is one."""
+    return model if isinstance(getattr(model, "layers", None), nn.ModuleList) else model.model
 
 
 def naive_tp_forward(
@@ -24,7 +28,7 @@ def naive_tp_forward(
     pst_embedding: Tensor | None = None,
 ) -> Tensor:
     """Last-token state of hidden_states[output_layer]; input must be left-padded (the last column is real)."""
-    decoder = find_decoder(model)
+    decoder = _decoder(model)
     rows = torch.arange(input_ids.shape[0])
     embeddings = decoder.get_input_embeddings()
     inputs_embeds = embeddings(input_ids.clamp(max=embeddings.num_embeddings - 1)).clone()

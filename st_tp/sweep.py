@@ -8,7 +8,6 @@ below a tp_end are shared with the full run.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import warnings
 from dataclasses import dataclass
@@ -20,10 +19,12 @@ import yaml
 from scipy.stats import pearsonr, spearmanr
 from tqdm.auto import tqdm
 
-from st_tp.config import TPConfig
+from st_tp.base_model import resolve_base_model
+from st_tp.config import TPConfig, resolve_device
 from st_tp.data import read_pairs
-from st_tp.forward import continue_layers, run_layers
-from st_tp.module import TokenPrepending, collate, resolve_device
+from st_tp.forward import run_layers
+from st_tp.module import TokenPrepending
+from st_tp.resume import LayerRecorder, continue_layers
 
 VANILLA = "vanilla"
 
@@ -31,7 +32,7 @@ VANILLA = "vanilla"
 @dataclass
 class SweepResult:
     scores: dict[str | int, list[float]]  # tp_end (or "vanilla") -> score per output_layer 0..L
-    num_layers: int
+    total_layers: int
     metric: str
     tp_start: int
 
@@ -59,10 +60,12 @@ def sweep(
     metric: str = "spearman",
     batch_size: int = 16,
     limit: int | None = None,
+    sample: int | None = None,
     dtype: str = "auto",
     device: str | None = None,
     show_progress_bar: bool = True,
     include_vanilla: bool = True,
+    gguf_file: str | None = None,
 ) -> SweepResult:
     """Score every (tp_end, output_layer) cell and the vanilla prompt on an STS-like dev set."""
     if metric not in ("spearman", "pearson"):
@@ -72,58 +75,62 @@ def sweep(
         raise ValueError(f"every tp_end must be greater than tp_start={tp_start}; got {tp_ends}.")
     config = TPConfig(prompt_method=prompt_method if template is None else "custom", template=template, tp_start=tp_start,
                       tp_end=tp_ends[-1], output_layer=-1, dtype=dtype, device=device)
-    module = TokenPrepending(base_model, config)
+    module = TokenPrepending(resolve_base_model(base_model, gguf_file).path, config)
     module.to(resolve_device(device))
     device = module.pst_embedding.device
-    layers = module.num_hidden_layers_base
-    s1, s2, gold = read_pairs(dev, limit)
+    total_layers = module.total_layers
+    if tp_ends[-1] > total_layers:
+        raise ValueError(
+            f"tp_end {[e for e in tp_ends if e > total_layers]} exceeds the model's {total_layers} decoder layers (TP can "
+            f"act before layers {tp_start}..{total_layers - 1} only; larger values would repeat tp_end={total_layers}). "
+            f"Use e.g. --tp-end {tp_start + 1}..{total_layers}."
+        )
+    s1, s2, gold = read_pairs(dev, limit, sample)
     order = np.argsort([-(len(a) + len(b)) for a, b in zip(s1, s2, strict=True)])  # length-sorted pairs: little padding
-    cosines = {e: [[] for _ in range(layers + 1)] for e in [VANILLA, *tp_ends][0 if include_vanilla else 1 :]}
-    encoders = {True: module.encoders, False: module.make_encoders(tp=False)}
+    every_layer = range(total_layers + 1)
+    cosines = {e: [[] for _ in every_layer] for e in [VANILLA, *tp_ends][0 if include_vanilla else 1 :]}
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for pair_ids in tqdm(batches, desc=f"sweep ({len(tp_ends)} tp_end{' + vanilla' if include_vanilla else ''})", disable=not show_progress_bar):
         texts = [s1[i] for i in pair_ids] + [s2[i] for i in pair_ids]
-        per_cell: dict = {}
-        for tp in (True, False) if include_vanilla else (True,):
-            features = collate(encoders[tp], texts, module.pad_token_id)
-            rows = len(texts)
-            for g in range(len(encoders[tp])):  # MetaEOL: average the templates' states, as the module does
-                sl = slice(g * rows, (g + 1) * rows)
-                ids, mask, pst, prefix = module.prepare(
-                    encoders[tp][g], features["input_ids"][sl].to(device), features["attention_mask"][sl].to(device),
-                    features["pst_positions"][sl].to(device) if tp else None, int(features["prefix_lengths"][g]),
-                )
-                with torch.inference_mode():
-                    if tp:
-                        states = _tp_cells(module, ids, mask, pst, prefix, tp_start, tp_ends, layers)
-                    else:
-                        captured = run_layers(module.auto_model, ids, mask, None, tp_layers=(), capture=range(layers + 1), prefix=prefix)
-                        states = {(VANILLA, k): v for k, v in captured.items()}
-                for key, value in states.items():
-                    per_cell[key] = per_cell.get(key, 0) + value.float() / len(encoders[tp])
-        for (e, k), states in per_cell.items():
+        with torch.inference_mode():
+            cells = _tp_cells(module, _to(module.preprocess(texts, tp=True), device), tp_start, tp_ends)
+            if include_vanilla:
+                vanilla = module.last_token_states(_to(module.preprocess(texts, tp=False), device), every_layer)
+                cells.update({(VANILLA, k): v for k, v in vanilla.items()})
+        for (e, k), states in cells.items():
             cosines[e][k].append(_cosine(states))
     score = spearmanr if metric == "spearman" else pearsonr
     gold_sorted = np.concatenate([gold[ids] for ids in batches])
     with warnings.catch_warnings():  # constant cosines (layer 0) give NaN, reported as such in grid.csv
         warnings.simplefilter("ignore")
         scores = {e: [float(score(gold_sorted, np.concatenate(c)).statistic) for c in row] for e, row in cosines.items()}
-    return SweepResult(scores=scores, num_layers=layers, metric=metric, tp_start=tp_start)
+    return SweepResult(scores=scores, total_layers=total_layers, metric=metric, tp_start=tp_start)
 
 
-def _tp_cells(module, ids, mask, pst, prefix, tp_start: int, tp_ends: list[int], layers: int) -> dict:
-    """Last-token states for every (tp_end, k): one full pass at max(tp_ends), the others resume from it."""
-    largest = tp_ends[-1]
-    captured, active = run_layers(
-        module.auto_model, ids, mask, pst, tp_layers=range(tp_start, largest), capture=range(layers + 1),
-        pst_embedding=module.pst_embedding, prefix=prefix, save_inputs=[e for e in tp_ends[:-1] if e < layers],
-        return_pass=True,
-    )
-    cells = {(largest, k): v for k, v in captured.items()}
-    for e in tp_ends[:-1]:
-        resumed = continue_layers(module.auto_model, active, e) if e < layers else {}
-        for k in range(layers + 1):  # states at or before layer e saw exactly the TP layers of this tp_end
-            cells[(e, k)] = resumed[k] if k > e else captured[k]
+def _to(features: dict, device) -> dict:
+    return {key: value.to(device) for key, value in features.items()}
+
+
+def _tp_cells(module: TokenPrepending, features: dict, tp_start: int, tp_ends: list[int]) -> dict:
+    """Last-token states for every (tp_end, k), averaged over the templates: one full pass at max(tp_ends) per
+    template, recorded; every smaller tp_end resumes from that pass's input to its layer tp_end."""
+    largest, total_layers = tp_ends[-1], module.total_layers
+    batches = module.template_batches(features)
+    cells: dict = {}
+    for batch in batches:
+        with LayerRecorder(module.auto_model, [e for e in tp_ends[:-1] if e < total_layers]) as recorder:
+            captured = run_layers(
+                module.auto_model, batch.input_ids, batch.attention_mask, batch.pst_positions,
+                tp_layers=range(tp_start, largest), capture=range(total_layers + 1), pst_embedding=module.pst_embedding,
+                prefix=batch.prefix, total_layers=total_layers,
+            )
+        per_template = {(largest, k): v for k, v in captured.items()}
+        for e in tp_ends[:-1]:
+            resumed = continue_layers(module.auto_model, recorder, e, batch.attention_mask, batch.prefix) if e < total_layers else {}
+            for k in range(total_layers + 1):  # states at or before layer e saw exactly the TP layers of this tp_end
+                per_template[(e, k)] = resumed[k] if k > e else captured[k]
+        for key, value in per_template.items():
+            cells[key] = cells.get(key, 0) + value.float() / len(batches)
     return cells
 
 
@@ -135,7 +142,7 @@ def write_outputs(result: SweepResult, out: str | Path, base_model: str, prompt_
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    layers = result.num_layers
+    layers = result.total_layers
     with open(out / "grid.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["tp_end", *range(layers + 1)])
@@ -183,37 +190,3 @@ def write_outputs(result: SweepResult, out: str | Path, base_model: str, prompt_
         "output_layer": -1 if best_k == layers else best_k,
     }
     (out / "best.yaml").write_text(yaml.safe_dump(preset, sort_keys=False))
-
-
-def _parse_range(text: str) -> list[int]:
-    """'2..12', '2,4,8' or '7'."""
-    if ".." in text:
-        low, high = text.split("..")
-        return list(range(int(low), int(high) + 1))
-    return [int(x) for x in text.split(",")]
-
-
-def register(sub) -> None:
-    p = sub.add_parser("sweep", help="dev score for every tp_end x output_layer (+ vanilla); plots and best.yaml")
-    p.add_argument("base")
-    p.add_argument("--dev", required=True, help="STS-like TSV: score, sentence1, sentence2")
-    p.add_argument("--prompt-method", default="prompteol")
-    p.add_argument("--tp-start", type=int, default=1)
-    p.add_argument("--tp-end", default="2..12", help="range a..b or a list a,b,c")
-    p.add_argument("--metric", default="spearman", choices=["spearman", "pearson"])
-    p.add_argument("--out", required=True)
-    p.add_argument("--batch-size", type=int, default=16, help="pairs per batch")
-    p.add_argument("--limit", type=int, help="first N dev pairs")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--device")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> None:
-    result = sweep(args.base, args.dev, prompt_method=args.prompt_method, tp_start=args.tp_start,
-                   tp_ends=_parse_range(args.tp_end), metric=args.metric, batch_size=args.batch_size, limit=args.limit,
-                   dtype=args.dtype, device=args.device)
-    write_outputs(result, args.out, args.base, args.prompt_method, args.dev)
-    best_e, best_k, best_v = result.best()
-    print(f"best: tp_end={best_e} output_layer={best_k} {result.metric}={best_v:.4f} "
-          f"(vanilla best {np.nanmax(result.scores[VANILLA]):.4f}); wrote {args.out}/grid.csv, heatmap.png, curves.png, best.yaml")

@@ -26,7 +26,7 @@ def counted(module, features) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("settings", [
-    dict(tp=True, output_layer=3),
+    dict(tp=True, output_layer=3, prefix_cache=True),
     dict(tp=False, output_layer=3, prefix_cache=False),
     dict(tp=True, output_layer=-1, prefix_cache=False),
 ])
@@ -38,13 +38,14 @@ def test_model_flops_match_torch_counter_without_padding(tiny_llama, settings):
     linear, attention = counted(module, features)
     assert ours["linear"] == linear
     # Eager attention computes every (query, key) score; a causal query only needs the keys up to itself.
-    past = int(features["prefix_lengths"][0]) if settings.get("prefix_cache", True) else 0
+    past = int(features["prefix_lengths"][0]) if settings["prefix_cache"] else 0
     q = int(features["attention_mask"].sum()) - past
     assert math.isclose(ours["attention"], attention * (past + (q + 1) / 2) / (past + q), rel_tol=1e-12)
 
 
 def test_model_flops_exclude_padding_and_cached_prefix(tiny_llama):
-    model = st_tp.build(tiny_llama, tp_end=3, output_layer=3, device="cpu", model_kwargs={"attn_implementation": "eager"})
+    model = st_tp.build(tiny_llama, tp_end=3, output_layer=3, device="cpu", prefix_cache=True,
+                        model_kwargs={"attn_implementation": "eager"})
     module = model[0]
     features = module.preprocess(SENTENCES)
     past = int(features["prefix_lengths"][0])

@@ -51,13 +51,16 @@ def test_mock_tasks_of_every_kind(tiny_llama, tmp_path):
         assert again[label] == pytest.approx(scores[label], abs=1e-5)
 
 
-def test_local_stsb_slice_matches_own_spearman(tmp_path, data_dir, golden_dir):
+def test_local_stsb_slice_matches_own_spearman(tmp_path, data_dir, golden_dir, capsys):
     model_dir = tmp_path / "golden-tp"
     main(["build", str(golden_dir / "llama" / "model"), "--out", str(model_dir), "--set", "tp_end=4",
           "--set", "output_layer=6", "--dtype", "float32", "--device", "cpu"])
     out = tmp_path / "results"
     main(["mteb", str(model_dir), "--tasks", "STSBenchmark", "--local-data", str(data_dir), "--limit", "120",
           "--output-folder", str(out), "--batch-size", "16", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert f"Results (mteb's cache, one JSON per model and task): {out / 'results'}" in printed
+    assert f"Summary: {out / 'summary.md'}" in printed
     result = json.loads(next(out.rglob("STSBenchmark-local.json")).read_text())
     reported = result["scores"]["test"][0]["main_score"]
 

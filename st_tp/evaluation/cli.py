@@ -3,20 +3,7 @@
 from __future__ import annotations
 
 import argparse
-
-
-def register(sub) -> None:
-    p = sub.add_parser("mteb", help="evaluate models on MTEB task sets (the paper's appendix) or local TSV data")
-    p.add_argument("models", nargs="*", help="saved st_tp folders or any SentenceTransformer model")
-    p.add_argument("--tasks", default="appendix", help="classification, pair-classification, reranking, clustering, "
-                   "summarization, sts, appendix, or comma-separated task names")
-    p.add_argument("--output-folder", default="mteb-results")
-    p.add_argument("--local-data", help="folder of TSV files (see ../shared/data/SOURCES.md) instead of the hub")
-    p.add_argument("--limit", type=int, help="with --local-data: first N test rows per task")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device")
-    p.add_argument("--list", action="store_true", help="print the resolved task list and exit (no download)")
-    p.set_defaults(func=run)
+from pathlib import Path
 
 
 def run(args: argparse.Namespace) -> None:
@@ -30,6 +17,12 @@ def run(args: argparse.Namespace) -> None:
         print(f"{len(tasks)} tasks")
         return
     if not args.models:
-        raise SystemExit("st-tp mteb: give at least one model (or --list)")
+        raise ValueError("give at least one model folder (st-tp mteb MODEL ... --tasks SET), or --list.")
+    from st_tp.base_model import check_local_path
+
+    for model in args.models:
+        check_local_path(model)
+    if args.local_data and not Path(args.local_data).is_dir():
+        raise ValueError(f"--local-data {args.local_data}: no such folder.")
     run_mteb(args.models, args.tasks, args.output_folder, local_data=args.local_data, limit=args.limit,
              batch_size=args.batch_size, device=args.device)

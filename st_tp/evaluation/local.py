@@ -27,8 +27,10 @@ KNOWN: dict[str, tuple[str, tuple[float, float] | None]] = {
 LOCAL_SUFFIX = "-local"
 
 
-def _metadata(name: str, kind: str, main_score: str, path: Path) -> TaskMetadata:
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]  # the "revision" of a local file is its content
+def _metadata(name: str, kind: str, main_score: str, path: Path, subset: str = "") -> TaskMetadata:
+    # The "revision" of a local file is its content and the rows taken from it, so mteb's results cache never
+    # serves a slice's score for the whole file (or for another slice).
+    digest = hashlib.sha256(path.read_bytes() + subset.encode()).hexdigest()[:12]
     return TaskMetadata(
         name=name,
         description=f"Local copy of {name.removesuffix(LOCAL_SUFFIX)} read from {path}.",
@@ -51,8 +53,9 @@ def _metadata(name: str, kind: str, main_score: str, path: Path) -> TaskMetadata
     )
 
 
-def _sts_task(path: Path, name: str, score_range: tuple[float, float] | None, limit: int | None) -> AbsTaskSTS:
-    rows = read_tsv(path, limit)
+def _sts_task(path: Path, name: str, score_range: tuple[float, float] | None, limit: int | None,
+              sample: int | None = None) -> AbsTaskSTS:
+    rows = read_tsv(path, limit, sample)
     scores = [float(r["score"]) for r in rows]
     low, high = score_range or (min(scores), max(scores))
 
@@ -66,13 +69,14 @@ def _sts_task(path: Path, name: str, score_range: tuple[float, float] | None, li
 
     cls = type(
         f"Local_{name}", (AbsTaskSTS,),
-        {"metadata": _metadata(name, "STS", "cosine_spearman", path), "min_score": low, "max_score": high, "load_data": load_data},
+        {"metadata": _metadata(name, "STS", "cosine_spearman", path, f"limit={limit},sample={sample}"), "min_score": low, "max_score": high, "load_data": load_data},
     )
     return cls()
 
 
-def _classification_task(test: Path, train: Path, name: str, limit: int | None) -> AbsTaskClassification:
-    test_rows, train_rows = read_tsv(test, limit), read_tsv(train)
+def _classification_task(test: Path, train: Path, name: str, limit: int | None,
+                         sample: int | None = None) -> AbsTaskClassification:
+    test_rows, train_rows = read_tsv(test, limit, sample), read_tsv(train)
     labels = sorted({r["label"] for r in train_rows + test_rows})
     index = {label: i for i, label in enumerate(labels)}
 
@@ -83,15 +87,16 @@ def _classification_task(test: Path, train: Path, name: str, limit: int | None) 
         self.dataset = DatasetDict({"train": split(train_rows), "test": split(test_rows)})
         self.data_loaded = True
 
-    cls = type(f"Local_{name}", (AbsTaskClassification,), {"metadata": _metadata(name, "Classification", "accuracy", test), "load_data": load_data})
+    cls = type(f"Local_{name}", (AbsTaskClassification,), {"metadata": _metadata(name, "Classification", "accuracy", test, f"limit={limit},sample={sample}"), "load_data": load_data})
     return cls()
 
 
-def local_tasks(folder: str | Path, names: list[str] | None = None, limit: int | None = None, raw: bool = True) -> list:
+def local_tasks(folder: str | Path, names: list[str] | None = None, limit: int | None = None, raw: bool = True,
+                sample: int | None = None) -> list:
     """Tasks for every `<stem>.test.tsv` in `folder` (text from `folder/raw/` when it exists and `raw`).
 
     `names` filters by the mteb name the file stands for (e.g. "STSBenchmark"); `limit` keeps the first N
-    test rows (a slice for quick checks).
+    test rows (a slice for quick checks); `sample` keeps N test rows drawn at random (seed 0) from every genre.
     """
     folder = Path(folder)
     tasks = []
@@ -104,12 +109,12 @@ def local_tasks(folder: str | Path, names: list[str] | None = None, limit: int |
         header = test.open(encoding="utf-8").readline().rstrip("\n").split("\t")
         name = mteb_name + LOCAL_SUFFIX
         if header == ["score", "sentence1", "sentence2"]:
-            tasks.append(_sts_task(text_file, name, score_range, limit))
+            tasks.append(_sts_task(text_file, name, score_range, limit, sample))
         elif header == ["label", "text"]:
             train = text_file.with_name(f"{stem}.train.tsv")
             if not train.exists():
                 raise ValueError(f"{test} is a classification file but {train} is missing; mteb needs train and test.")
-            tasks.append(_classification_task(text_file, train, name, limit))
+            tasks.append(_classification_task(text_file, train, name, limit, sample))
         else:
             raise ValueError(f"{test}: unknown header {header}; expected 'score, sentence1, sentence2' or 'label, text'.")
     if not tasks:

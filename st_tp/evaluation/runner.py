@@ -71,6 +71,8 @@ def run_mteb(
     (output_folder / "summary.md").write_text(summary, encoding="utf-8")
     if verbose:
         print(summary)
+        print(f"Results (mteb's cache, one JSON per model and task): {output_folder / 'results'}")
+        print(f"Summary: {output_folder / 'summary.md'}")
     return dict(scores)
 
 

@@ -1,0 +1,75 @@
+"""Loading a base decoder for TP: a fast tokenizer, and the model pruned to the layers the exit layer needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+from st_tp.config import DTYPES, resolve_dtype
+
+
+def load_tokenizer(model_name_or_path: str, processor_kwargs: dict[str, Any] | None = None) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **(processor_kwargs or {}))
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(
+            f"{type(tokenizer).__name__} is a slow tokenizer; st_tp needs a fast (tokenizers-backed) one to "
+            "reproduce the official token ids. Provide tokenizer.json with the model."
+        )
+    return tokenizer
+
+
+def load_config(model_name_or_path: str, config_kwargs: dict[str, Any] | None = None):
+    hf_config = AutoConfig.from_pretrained(model_name_or_path, **(config_kwargs or {}))
+    if getattr(hf_config, "is_encoder_decoder", False) or not hasattr(hf_config, "num_hidden_layers"):
+        hint = " For a multimodal checkpoint, use its text-only model." if hasattr(hf_config, "text_config") else ""
+        raise ValueError(
+            f"{type(hf_config).__name__} is not a decoder-only model config (no num_hidden_layers, or an "
+            f"encoder-decoder); st_tp needs a decoder-only LLM.{hint}"
+        )
+    return hf_config
+
+
+def truncate_config(hf_config, layers_to_keep: int) -> None:
+    """Keep only the first `layers_to_keep` decoder layers; per-layer lists (e.g. layer_types) are cut alike."""
+    total = hf_config.num_hidden_layers
+    for name, value in list(vars(hf_config).items()):
+        if isinstance(value, list) and len(value) == total:
+            setattr(hf_config, name, value[:layers_to_keep])
+    hf_config.num_hidden_layers = layers_to_keep
+
+
+def model_dtype(model_kwargs: dict[str, Any], config_dtype: str, device: str | None) -> torch.dtype:
+    """A dtype in model_kwargs (torch dtype or name) wins over the config's; 'auto' follows the device."""
+    dtype = model_kwargs.pop("dtype", model_kwargs.pop("torch_dtype", None))
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r} in model_kwargs. Allowed: {', '.join(DTYPES)}.")
+    return resolve_dtype(dtype or config_dtype, device)
+
+
+def load_pruned_model(model_name_or_path: str, hf_config, layers_to_run: int, dtype: torch.dtype,
+                      model_kwargs: dict[str, Any]) -> nn.Module:
+    """The base model (no LM head) with decoder layers 0..layers_to_run-1 only: the rest are never loaded."""
+    if layers_to_run < hf_config.num_hidden_layers:
+        truncate_config(hf_config, layers_to_run)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the pruned layers and any LM head are "unexpected keys", by design
+    hf_logging.disable_progress_bar()
+    try:
+        model, info = AutoModel.from_pretrained(
+            model_name_or_path, config=hf_config, dtype=dtype, output_loading_info=True, **model_kwargs
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    if info.get("missing_keys"):
+        raise ValueError(
+            f"Loading {model_name_or_path} left weights uninitialised: {sorted(info['missing_keys'])[:5]}... "
+            "The checkpoint does not match its config."
+        )
+    return model.eval()

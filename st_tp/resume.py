@@ -1,0 +1,75 @@
+"""Resuming a recorded pass at a later layer: what lets the sweep share the layers before each tp_end.
+
+Runs with different tp_end are identical up to the input of layer tp_end (before its <PST> overwrite). So one TP
+pass at the largest tp_end, recorded by `LayerRecorder`, serves every smaller tp_end: `continue_layers` runs the rest
+without TP from the recorded input and the recorded layer kwargs (masks, rotary embeddings, which do not depend on
+TP), so it works for any architecture the TP hooks support. The recorder exists only for the sweep's pass; the TP
+hooks themselves know nothing of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import torch
+from torch import Tensor, nn
+
+from st_tp.forward import find_decoder, install_hooks, last_token_positions
+from st_tp.prefix_cache import PrefixKV
+
+
+class LayerRecorder:
+    """While active (`with LayerRecorder(model, layers):`), keeps each listed layer's input as it arrives (before any
+    <PST> overwrite) and every layer's call arguments."""
+
+    def __init__(self, model: nn.Module, save_inputs: Collection[int]) -> None:
+        self.decoder = find_decoder(model)
+        self.save_inputs = frozenset(save_inputs)
+        self.inputs: dict[int, Tensor] = {}
+        self.calls: dict[int, tuple[tuple, dict]] = {}
+        self._handles: list = []
+
+    def __enter__(self) -> LayerRecorder:
+        install_hooks(self.decoder)  # the TP hooks first, so that `prepend` below really puts the recorder before them
+        for index, layer in enumerate(self.decoder.layers):
+            self._handles.append(layer.register_forward_pre_hook(self._hook(index), with_kwargs=True, prepend=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, index: int):
+        def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if index in self.save_inputs:
+                self.inputs[index] = args[0] if args else kwargs["hidden_states"]
+            self.calls[index] = (args[1:], kwargs)
+
+        return record
+
+
+def continue_layers(
+    model: nn.Module, recorder: LayerRecorder, start: int, attention_mask: Tensor, prefix: PrefixKV | None
+) -> dict[int, Tensor]:
+    """Run layers start.. (no TP) from the input recorded at `start`; {hidden_states index: last-token states} for
+    every index after `start`, the final-normed output included."""
+    decoder = find_decoder(model)
+    if not isinstance(getattr(decoder, "norm", None), nn.Module):
+        raise ValueError(f"{type(decoder).__name__} has no final `norm` module; the sweep needs it for output_layer=-1.")
+    hidden = recorder.inputs[start]
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    last = last_token_positions(attention_mask)
+    # The recorded cache already holds the full run's keys; a resumed run starts again from the bare prefix.
+    cache = prefix.expand(hidden.shape[0]) if prefix is not None else None
+    captured = {}
+    for index in range(start, len(decoder.layers)):
+        args, kwargs = recorder.calls[index]
+        if cache is not None:
+            kwargs = dict(kwargs, past_key_values=cache)
+        output = decoder.layers[index](hidden, *args, **kwargs)
+        hidden = output[0] if isinstance(output, tuple) else output
+        captured[index + 1] = hidden[rows, last]
+    captured[len(decoder.layers)] = decoder.norm(hidden)[rows, last]
+    return captured
+
