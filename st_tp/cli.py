@@ -101,7 +101,8 @@ def cmd_build(args: argparse.Namespace) -> None:
     model = build(base, tp_config, gguf_file=args.gguf_file, **overrides)
     model.save(args.out)
     c = model[0].tp_config
-    setting = f"TP {c.tp_start}..{c.tp_end - 1}" if c.tp else "no TP"
+    layers = f"layer {c.tp_start}" if c.tp_end - c.tp_start == 1 else f"layers {c.tp_start}..{c.tp_end - 1}"
+    setting = f"TP before {layers}" if c.tp else "no TP"
     print(f"Saved a Token Prepending model ({base}; {c.prompt_method}, {setting}, output_layer {c.output_layer}) to {args.out}")
 
 
