@@ -30,10 +30,10 @@ from st_tp.pst import make_pst_embedding
 PST_FILE = "pst_embedding.safetensors"
 _MIN_PREFIX_TOKENS = 2  # a BOS alone is not worth a cache
 # prefix_cache="auto" uses the cache from this many shared prefix tokens on. Measured on the 2-core CPU with
-# SmolLM2-135M and Gemma-3-270M (benchmarks/bench_speed.py --model ..., RESULTS.md): a cached attention costs more per
-# computed token than a plain causal one, so short prefixes (PromptEOL's 3-4 tokens) lose and long ones
-# (Knowledge's ~36, MetaEOL's ~80) win.
-AUTO_PREFIX_TOKENS = 16
+# SmolLM2-135M and Gemma-3-270M (benchmarks/bench_speed.py --model ..., RESULTS.md): with right-padded rows the cache
+# is faster for every prompt method, PromptEOL's 3-4 cached tokens included (TP time cache on / off: PromptEOL
+# 0.86 / 0.76, CoT 0.73 / 0.65, KE 0.40 / 0.37, MetaEOL 0.37 / 0.35), so "auto" only skips a prefix too short to cache.
+AUTO_PREFIX_TOKENS = _MIN_PREFIX_TOKENS
 _DTYPE_SWITCH = threading.Lock()  # on_nonfinite="float32" converts the model in place, once
 
 
