@@ -9,7 +9,7 @@ _EXPORTS = {
     "PROMPTS": "st_tp.prompts",
     "TPConfig": "st_tp.config",
     "TokenPrepending": "st_tp.module",
-    "build": "st_tp.build",
+    "build": "st_tp.builder",
     "load_preset": "st_tp.config",
     "tp_forward": "st_tp.forward",
 }

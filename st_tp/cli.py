@@ -96,7 +96,7 @@ def cmd_build(args: argparse.Namespace) -> None:
         overrides["dtype"] = args.dtype
     if args.device:
         overrides["device"] = args.device
-    from st_tp.build import build
+    from st_tp.builder import build
 
     model = build(base, tp_config, gguf_file=args.gguf_file, **overrides)
     model.save(args.out)

@@ -17,8 +17,9 @@ from tests.test_base_model import require_package
 
 PARAPHRASE = ("A man is playing a guitar.", "A man plays the guitar.")
 UNRELATED = ("A man is playing a guitar.", "The stock market fell sharply on Monday.")
-# Measured on the first 200 STS-B dev pairs (float32, CPU): see each test for the figure and the margin.
-SPEARMAN_FLOORS = {"smollm2-135m-prompteol-tp": 0.60, "smollm2-135m-prompteol": 0.40}
+# Cosine Spearman on the first 200 STS-B dev pairs, measured (float32, CPU): TP preset 0.845, vanilla preset 0.820.
+# Floors sit ~0.065 below, so float noise never trips them but a broken prompt, layer or cache does.
+SPEARMAN_FLOORS = {"smollm2-135m-prompteol-tp": 0.78, "smollm2-135m-prompteol": 0.75}
 
 
 @pytest.fixture(scope="module")
