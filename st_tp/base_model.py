@@ -156,7 +156,8 @@ def _dequantize_to_folder(path: Path, out: Path) -> None:
         raise ValueError("Reading a GGUF file needs the `gguf` package: pip install gguf")
     import torch
     from transformers import AutoConfig, AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+
+    from st_tp.loading import quiet_transformers
 
     folder, name = str(path.parent), path.name
     try:
@@ -167,14 +168,8 @@ def _dequantize_to_folder(path: Path, out: Path) -> None:
             "(Llama, Mistral, Qwen2/3, Gemma2/3, Phi-3, ...) or the model's Hugging Face folder."
         ) from None
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
+    with quiet_transformers():
         quantized = AutoModel.from_pretrained(folder, gguf_file=name, config=config, dtype=torch.float32)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
     # The weights are already dequantized floats; only the GGUF marker stops save_pretrained. A model built from the
     # config without it holds the same tensors and saves normally.
     if hasattr(config, "quantization_config"):

@@ -86,8 +86,8 @@ class TPConfig:
     max_seq_length: int = 512
     """Longer prompts are cut inside the sentence, never in the template."""
     prefix_cache: bool | str = "auto"
-    """Reuse the keys/values of the template text before the sentence (exact). "auto": only where the shared prefix
-    is long enough to pay for the cached attention (see ``st_tp.module.AUTO_PREFIX_TOKENS``); True/False force it."""
+    """Reuse the keys/values of the template text before the sentence (exact). "auto" (the default) and True use it
+    wherever the shared prefix has 2+ tokens (measured faster for every prompt method; see st_tp.module); False never."""
     num_pst: int = 1
     """Number of consecutive <PST> tokens at the marker (paper A.4); all are overwritten."""
     mask_pst_first_layer: bool = False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -10,6 +12,19 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokeniz
 from transformers.utils import logging as hf_logging
 
 from st_tp.config import DTYPES, resolve_dtype
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' warnings and progress bars off for a load whose surprises are by design, then back as they were."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
 
 
 def load_tokenizer(model_name_or_path: str, processor_kwargs: dict[str, Any] | None = None) -> PreTrainedTokenizerBase:
@@ -57,16 +72,10 @@ def load_pruned_model(model_name_or_path: str, hf_config, layers_to_run: int, dt
     """The base model (no LM head) with decoder layers 0..layers_to_run-1 only: the rest are never loaded."""
     if layers_to_run < hf_config.num_hidden_layers:
         truncate_config(hf_config, layers_to_run)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the pruned layers and any LM head are "unexpected keys", by design
-    hf_logging.disable_progress_bar()
-    try:
+    with quiet_transformers():  # the pruned layers and any LM head are "unexpected keys", by design
         model, info = AutoModel.from_pretrained(
             model_name_or_path, config=hf_config, dtype=dtype, output_loading_info=True, **model_kwargs
         )
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
     if info.get("missing_keys"):
         raise ValueError(
             f"Loading {model_name_or_path} left weights uninitialised: {sorted(info['missing_keys'])[:5]}... "

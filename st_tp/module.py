@@ -28,12 +28,12 @@ from st_tp.prompts import PromptEncoder, resolve_templates
 from st_tp.pst import make_pst_embedding
 
 PST_FILE = "pst_embedding.safetensors"
-_MIN_PREFIX_TOKENS = 2  # a BOS alone is not worth a cache
-# prefix_cache="auto" uses the cache from this many shared prefix tokens on. Measured on the 2-core CPU with
-# SmolLM2-135M and Gemma-3-270M (benchmarks/bench_speed.py --model ..., RESULTS.md): with right-padded rows the cache
-# is faster for every prompt method, PromptEOL's 3-4 cached tokens included (TP time cache on / off: PromptEOL
-# 0.86 / 0.76, CoT 0.73 / 0.65, KE 0.40 / 0.37, MetaEOL 0.37 / 0.35), so "auto" only skips a prefix too short to cache.
-AUTO_PREFIX_TOKENS = _MIN_PREFIX_TOKENS
+# The prefix cache is used from this many shared prefix tokens on (a BOS alone is not worth a cache), with
+# prefix_cache True or "auto" alike. Measured on the 2-core CPU with SmolLM2-135M and Gemma-3-270M
+# (benchmarks/bench_speed.py --model ..., RESULTS.md): with right-padded rows the cache is faster for every prompt
+# method, PromptEOL's 3-4 cached tokens included (TP time cache on / off: PromptEOL 0.86 / 0.76, CoT 0.73 / 0.65,
+# KE 0.40 / 0.37, MetaEOL 0.37 / 0.35), so "auto" needs no threshold of its own.
+_MIN_PREFIX_TOKENS = 2
 _DTYPE_SWITCH = threading.Lock()  # on_nonfinite="float32" converts the model in place, once
 
 
@@ -193,9 +193,8 @@ class TokenPrepending(InputModule):
             input_ids, attention_mask = features["input_ids"][rows], features["attention_mask"][rows]
             pst = None if pst_positions is None else pst_positions[rows]
             shared = int(features["prefix_lengths"][g])
-            wanted = c.prefix_cache is True or (c.prefix_cache == "auto" and shared >= AUTO_PREFIX_TOKENS)
             prefix = None
-            if wanted and not c.mask_pst_first_layer and shared >= _MIN_PREFIX_TOKENS:
+            if c.prefix_cache in (True, "auto") and not c.mask_pst_first_layer and shared >= _MIN_PREFIX_TOKENS:
                 # Keys/values of a prefix's first k tokens do not depend on what follows (causal): one cache serves all k.
                 prefix = self.prefix_cache.get(self.auto_model, encoder.prefix_ids, input_ids.device).head(shared)
                 # Rows are right-padded [prefix | rest | pad]: the prefix columns come from the cache.
