@@ -10,6 +10,8 @@ Semantics (measured on the official code, ../shared/golden/README.md):
   * output_layer indexes HF's hidden_states: 0 = embeddings, k = input of layer k, L (or -1) = final-normed
     output, -2 = input of the last layer; the embedding is the state of the last real token.
 Early exit: the post-hook of layer k-1 records the state and stops the forward, so layers k.. never run.
+Rows never read: each layer's MLP (most of its compute) also gets a hook pair that runs it on the real tokens only,
+and in the last layer that runs on the last tokens only (see `_ReadRowsOnly`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ class _ActivePass:
     capture_layers: frozenset[int]  # hidden_states indices (< L) whose last-token state we keep
     stop_after: int | None  # the forward stops once hidden_states[stop_after] is captured
     mask_pst_layer: int | None = None  # layer whose attention hides the <PST> keys (paper A.5)
+    real_tokens: Tensor | None = None  # flat [B * S] indices of the real tokens; None = no padding
+    last_tokens: Tensor | None = None  # flat indices of each row's last real token
+    last_layer: int = -1  # the last decoder layer that runs (its MLP output is read at the last tokens only)
+    seq_len: int = 0
     captured: dict[int, Tensor] = field(default_factory=dict)
 
 
@@ -104,6 +110,39 @@ class _PostHook:
         return None
 
 
+class _ReadRowsOnly:
+    """Hooks on a decoder layer's MLP, most of a layer's compute: it runs on the rows whose output is ever read and
+    gives zeros elsewhere. Padding rows are never read (no real token attends to them); in the last layer that runs,
+    only the last tokens are. An MLP acts on each row alone, so the rows it computes come out as they would in the full
+    batch. Any MLP (dense or mixture-of-experts) that maps [..., H] rows to rows qualifies."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def _rows(self, active: _ActivePass | None) -> Tensor | None:
+        if active is None:
+            return None
+        return active.last_tokens if self.index == active.last_layer else active.real_tokens
+
+    def before(self, module: nn.Module, args: tuple):
+        rows = self._rows(_ACTIVE.get())
+        if rows is None or not args:
+            return None
+        hidden = args[0]
+        return (hidden.reshape(-1, hidden.shape[-1])[rows].unsqueeze(0), *args[1:])
+
+    def after(self, module: nn.Module, args: tuple, output):
+        active = _ACTIVE.get()
+        rows = self._rows(active)
+        if rows is None or not args:
+            return None
+        out = output[0] if isinstance(output, tuple) else output
+        batch, seq = active.rows.shape[0], active.seq_len
+        full = out.new_zeros(batch * seq, out.shape[-1]).index_copy_(0, rows, out.reshape(-1, out.shape[-1]))
+        full = full.view(batch, seq, out.shape[-1])
+        return (full, *output[1:]) if isinstance(output, tuple) else full
+
+
 def _overwrite_pst(hidden: Tensor, rows: Tensor, pst_positions: Tensor, last_positions: Tensor) -> Tensor:
     """h[b, pst[b, j]] = h[b, last[b]] for every <PST> slot j; out of place, so stored states stay intact."""
     n = pst_positions.shape[1]
@@ -162,6 +201,11 @@ def install_hooks(decoder: nn.Module) -> None:
                 continue
             layer.register_forward_pre_hook(_PreHook(index), with_kwargs=True)
             layer.register_forward_hook(_PostHook(index), with_kwargs=True)
+            mlp = getattr(layer, "mlp", None)
+            if isinstance(mlp, nn.Module):
+                read_rows_only = _ReadRowsOnly(index)
+                mlp.register_forward_pre_hook(read_rows_only.before)
+                mlp.register_forward_hook(read_rows_only.after)
         decoder._st_tp_hooked_layers = len(decoder.layers)
 
 
@@ -243,6 +287,8 @@ def run_layers(
         cache = prefix.expand(input_ids.shape[0])
         attention_mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], past), attention_mask], dim=1)
 
+    seq_len = input_ids.shape[1]
+    real = attention_mask[:, -seq_len:].reshape(-1).bool()
     active = _ActivePass(
         rows=rows,
         last_positions=last,
@@ -251,6 +297,12 @@ def run_layers(
         capture_layers=frozenset(k for k in capture if k < total_layers),
         stop_after=None if needs_norm else deepest,
         mask_pst_layer=mask_pst_layer,
+        # Rows whose MLP output is never read are skipped (see _ReadRowsOnly): padding, and in the last layer that
+        # runs, all but the last tokens (hidden_states[L] is read there too: the final norm is row-wise).
+        real_tokens=None if bool(real.all()) else real.nonzero().squeeze(1),
+        last_tokens=rows * seq_len + last,
+        last_layer=(len(decoder.layers) if needs_norm else deepest) - 1,
+        seq_len=seq_len,
     )
     with _active(active):
         try:
