@@ -98,8 +98,9 @@ def run(args: argparse.Namespace) -> str:
                 st = st_tp.build(f"packaged:{model}", prompt_method=method, dtype="float32", device="cpu", **settings)
                 name_in_results = label(model, method, settings)
                 st.model_card_data.model_name = name_in_results
-                scores = run_mteb([st], tasks, Path(args.out) / "mteb", batch_size=args.batch_size, verbose=args.verbose)
-                row = [100 * scores[name_in_results][t.metadata.name] for t in tasks]
+                run = run_mteb([st], tasks, Path(args.out) / "mteb", batch_size=args.batch_size, verbose=args.verbose)
+                (scores,) = run.scores.values()  # one model
+                row = [100 * scores[t.metadata.name] for t in tasks]
                 table.append((method, name, row))
                 print(f"{model} {method} {name}: STS avg {sum(row[:7]) / 7:.2f} ({time.time() - started:.0f}s)", flush=True)
         sections.append(format_table(model, total_layers, table))

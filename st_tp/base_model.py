@@ -68,6 +68,7 @@ class BaseModel:
 
     path: str  # hub id or local folder that `from_pretrained` reads (a converted folder for GGUF input)
     name: str  # the name to show: hub id, packaged hub id, or folder/file.gguf
+    licence: str | None = None  # known for packaged models
 
     @property
     def hub_id(self) -> str | None:
@@ -84,7 +85,8 @@ def resolve_base_model(base_model: str, gguf_file: str | None = None, *, cache_d
         if gguf_file is not None:
             raise ValueError(f"{base_model} names its own GGUF file; drop gguf_file={gguf_file!r}.")
         folder, gguf_file = PACKAGED[name].locate()
-        return BaseModel(str(convert_gguf(folder, gguf_file, cache_dir=cache_dir)), PACKAGED[name].hub_id)
+        packaged = PACKAGED[name]
+        return BaseModel(str(convert_gguf(folder, gguf_file, cache_dir=cache_dir)), packaged.hub_id, packaged.licence)
     check_local_path(base_model)
     if gguf_file is None:
         return BaseModel(base_model, base_model)

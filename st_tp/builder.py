@@ -9,6 +9,7 @@ from sentence_transformers import SentenceTransformer
 
 from st_tp.base_model import resolve_base_model
 from st_tp.config import TPConfig, load_preset, resolve_device
+from st_tp.model_card import attach_model_card
 from st_tp.module import TokenPrepending
 
 
@@ -29,7 +30,7 @@ def build(
         gguf_file: a GGUF file inside the `base_model` folder; tokenizer, config and weights are read from it (once,
             then cached as a plain folder), and the saved model is an ordinary st_tp folder.
         model_kwargs: extra arguments for the HF model loader (e.g. attn_implementation, device_map).
-        **overrides: TPConfig keys: prompt_method, template, tp, tp_start, tp_end, output_layer, pst_init,
+        **overrides: TPConfig keys: prompt_method, template, templates, tp, tp_start, tp_end, output_layer, pst_init,
             preprocess, dtype, device, max_seq_length, prefix_cache, num_pst, mask_pst_first_layer, tp_resume_layer.
     """
     if isinstance(config, TPConfig):
@@ -40,9 +41,10 @@ def build(
         tp_config = TPConfig()
     tp_config = tp_config.replace(**overrides)
     base = resolve_base_model(base_model, gguf_file)
-    module = TokenPrepending(base.path, tp_config, model_kwargs=model_kwargs)
-    model = SentenceTransformer(modules=[module], device=resolve_device(tp_config.device))
-    # The model card names the base model and lists the TP settings (the module's repr); no hub lookup.
-    model.model_card_data.base_model = base.name
-    model.model_card_data.add_tags(["token-prepending", "st_tp", f"prompt-{tp_config.prompt_method}"])
+    module = TokenPrepending(base.path, tp_config, model_kwargs=model_kwargs, base_model_name=base.name)
+    # The named templates are also the model's sentence-transformers prompts, so prompt_name=, encode_query/
+    # encode_document and MTEB's query/document prompt types find them (TokenPrepending reads a prompt that holds
+    # '{text}' as a template).
+    model = SentenceTransformer(modules=[module], device=resolve_device(tp_config.device), prompts=dict(tp_config.templates or {}))
+    attach_model_card(model, base, tp_config, base.licence)
     return model

@@ -53,6 +53,17 @@ def check_tp_range(tp_start: int, tp_end: int) -> None:
         )
 
 
+def check_template(template: str, tp: bool) -> None:
+    """A template holds '{text}' where the sentence goes and, for TP, a '<PST>' marker."""
+    if "{text}" not in template:
+        raise ValueError(f"template {template!r} has no '{{text}}' placeholder; add one where the sentence goes.")
+    if tp and "<PST>" not in template:
+        raise ValueError(
+            f"tp=True needs a '<PST>' marker in the template {template!r}; add '<PST>' (e.g. before the "
+            "sentence) or set tp=False."
+        )
+
+
 @dataclass(frozen=True)
 class TPConfig:
     """Every setting of a Token Prepending embedding model.
@@ -64,6 +75,10 @@ class TPConfig:
     """A name from ``st_tp.prompts.PROMPTS`` or ``"custom"`` (then ``template`` is required)."""
     template: str | list[str] | None = None
     """Custom template(s) with ``{text}`` and, for TP, a ``<PST>`` marker. Overrides ``prompt_method``."""
+    templates: dict[str, str] | None = None
+    """Named embedding templates, e.g. ``{"query": ..., "document": ...}`` (each with ``{text}`` and, for TP, ``<PST>``).
+    ``prompt_name=``, ``encode_query``/``encode_document`` and MTEB's query/document prompt types pick them; plain
+    ``encode`` uses the prompt above. See README, "Prompts and templates"."""
     tp: bool = True
     """Token Prepending on (True) or plain prompt-based embeddings (False)."""
     tp_start: int = 1
@@ -108,14 +123,11 @@ class TPConfig:
                 raise ValueError(
                     f"Unknown prompt_method {self.prompt_method!r}. Allowed: {sorted(PROMPTS)} or 'custom' with a template."
                 )
-        for template in self.templates_given():
-            if "{text}" not in template:
-                raise ValueError(f"template {template!r} has no '{{text}}' placeholder; add one where the sentence goes.")
-            if self.tp and "<PST>" not in template:
-                raise ValueError(
-                    f"tp=True needs a '<PST>' marker in the template {template!r}; add '<PST>' (e.g. before the "
-                    "sentence) or set tp=False."
-                )
+        if self.templates is not None:
+            if not all(isinstance(k, str) and k and isinstance(v, str) for k, v in self.templates.items()):
+                raise ValueError(f"templates must map non-empty names to template strings, got {self.templates!r}.")
+        for template in [*self.templates_given(), *(self.templates or {}).values()]:
+            check_template(template, self.tp)
         if self.tp:
             check_tp_range(self.tp_start, self.tp_end)
         parse_pst_init(self.pst_init)
@@ -173,6 +185,7 @@ def _check_types(config: TPConfig) -> None:
     expected: dict[str, tuple[type, ...]] = {
         "prompt_method": (str,),
         "template": (str, list, type(None)),
+        "templates": (dict, type(None)),
         "tp": (bool,),
         "tp_start": (int,),
         "tp_end": (int,),

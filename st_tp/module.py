@@ -20,11 +20,11 @@ from safetensors.torch import load_file, save_file
 from sentence_transformers.base.modules import InputModule
 from torch import Tensor
 
-from st_tp.config import TPConfig
+from st_tp.config import TPConfig, check_template, resolve_device, resolve_dtype
 from st_tp.forward import find_decoder, resolve_layer, run_layers
 from st_tp.loading import load_config, load_pruned_model, load_tokenizer, model_dtype
 from st_tp.prefix_cache import PrefixCacheStore, PrefixKV
-from st_tp.prompts import PromptEncoder, resolve_templates
+from st_tp.prompts import TEXT, PromptEncoder, resolve_templates
 from st_tp.pst import make_pst_embedding
 
 PST_FILE = "pst_embedding.safetensors"
@@ -35,6 +35,19 @@ PST_FILE = "pst_embedding.safetensors"
 # KE 0.40 / 0.37, MetaEOL 0.37 / 0.35), so "auto" needs no threshold of its own.
 _MIN_PREFIX_TOKENS = 2
 _DTYPE_SWITCH = threading.Lock()  # on_nonfinite="float32" converts the model in place, once
+_MAX_ENCODER_SETS = 64  # prompt encoders kept per model (one set per distinct prompt/instruction seen)
+
+
+class _EmbeddingFeatures(dict):
+    """The forward's output: asking it for token embeddings names the problem instead of a bare KeyError."""
+
+    def __missing__(self, key: str):
+        if key == "token_embeddings":
+            raise ValueError(
+                "st_tp embeds each text as one vector (the last token's state at the exit layer), so "
+                "output_value='token_embeddings' is not available. Use output_value='sentence_embedding' (the default)."
+            )
+        raise KeyError(key)
 
 
 def collate(encoders: list[PromptEncoder], texts: list[str], pad_token_id: int) -> dict[str, Tensor]:
@@ -80,12 +93,17 @@ class TokenPrepending(InputModule):
         total_layers: the decoder's layer count before pruning (set when loading a saved model, which holds only
             the layers its exit layer needs).
         pst_embedding: the <PST> vector; built from `tp_config.pst_init` when None.
+        stored_dtype: the dtype a saved model's weights are stored in. With dtype 'auto' they load as stored (no
+            rounding), and the device rule casts them when the module moves: sentence-transformers picks the device
+            only after loading.
+        base_model_name: what the model was built from, kept in the saved config (MTEB metadata).
         model_kwargs / processor_kwargs / config_kwargs: passed to the HF model / tokenizer / config loaders.
     """
 
     config_file_name = "st_tp_config.json"
     # On disk the unpruned layer count keeps its first name, so folders saved by earlier versions still load.
     _TOTAL_LAYERS_KEY = "num_hidden_layers_base"
+    _BASE_MODEL_KEY = "base_model"  # what the model was built from (hub id or the name it was given); for MTEB metadata
 
     def __init__(
         self,
@@ -94,18 +112,31 @@ class TokenPrepending(InputModule):
         *,
         total_layers: int | None = None,
         pst_embedding: Tensor | None = None,
+        stored_dtype: torch.dtype | None = None,
         model_kwargs: dict[str, Any] | None = None,
         processor_kwargs: dict[str, Any] | None = None,
         config_kwargs: dict[str, Any] | None = None,
+        base_model_name: str | None = None,
     ) -> None:
         super().__init__()
+        self.base_model_name = base_model_name or model_name_or_path
         self.tp_config = tp_config = tp_config or TPConfig()
         self.tokenizer = load_tokenizer(model_name_or_path, processor_kwargs)
         hf_config = load_config(model_name_or_path, config_kwargs)
         self.total_layers = total_layers or hf_config.num_hidden_layers
         self.exit_layer = resolve_layer(tp_config.output_layer, self.total_layers)
         model_kwargs = dict(model_kwargs or {})
+        if "quantization_config" in model_kwargs and not resolve_device(tp_config.device).startswith("cuda"):
+            raise ValueError(
+                "model_kwargs['quantization_config'] (bitsandbytes 4/8-bit) needs a CUDA GPU, and this model would run "
+                f"on {resolve_device(tp_config.device)!r}. Drop the quantization_config, or build on a CUDA device."
+            )
+        # dtype 'auto' is a rule (float16 on CUDA, float32 elsewhere): it is applied again when the module moves.
+        self._dtype_follows_device = tp_config.dtype == "auto" and not (
+            {"dtype", "torch_dtype", "quantization_config", "device_map"} & set(model_kwargs))
         dtype = model_dtype(model_kwargs, tp_config.dtype, tp_config.device)
+        if self._dtype_follows_device and stored_dtype is not None:
+            dtype = stored_dtype
         # Early exit at k needs layers 0..k-1 only (the final norm is tiny and stays).
         self.auto_model = load_pruned_model(model_name_or_path, hf_config, self.exit_layer, dtype, model_kwargs)
         decoder = find_decoder(self.auto_model)
@@ -115,13 +146,29 @@ class TokenPrepending(InputModule):
             raise ValueError(f"pst_embedding has shape {tuple(pst_embedding.shape)}, expected ({decoder.config.hidden_size},).")
         self.register_buffer("pst_embedding", pst_embedding.float(), persistent=False)
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self._encoders: dict[bool, list[PromptEncoder]] = {}
+        self._encoders: dict[tuple[bool, tuple[str, ...]], list[PromptEncoder]] = {}
         self.prefix_cache = PrefixCacheStore()
+
+    # ---- device and dtype ----------------------------------------------------------------------------
+    def _apply(self, fn, recurse: bool = True):
+        """`.to(device)` and friends. sentence-transformers loads a module before it knows the device and moves it
+        afterwards, so dtype 'auto' (guessed from the default device at load) is settled here, for the device the
+        module really moves to. An explicit cast (`.half()`, `.to(torch.bfloat16)`) is the user's choice and ends it."""
+        if getattr(self, "_dtype_follows_device", False):
+            probe = fn(torch.zeros(0))
+            if probe.dtype != torch.float32:
+                self._dtype_follows_device = False
+            else:
+                wanted = resolve_dtype("auto", str(probe.device))
+                if self.model_dtype != wanted:
+                    self.auto_model.to(wanted)
+        return super()._apply(fn, recurse)
 
     # ---- configuration -------------------------------------------------------------------------------
     def get_config_dict(self) -> dict[str, Any]:
         # The device is where this process runs, not a property of the model: a saved model does not pin it.
-        return {**self.tp_config.to_dict(), "device": None, self._TOTAL_LAYERS_KEY: self.total_layers}
+        return {**self.tp_config.to_dict(), "device": None, self._TOTAL_LAYERS_KEY: self.total_layers,
+                self._BASE_MODEL_KEY: self.base_model_name}
 
     @property
     def model_dtype(self) -> torch.dtype:
@@ -155,27 +202,66 @@ class TokenPrepending(InputModule):
         """One PromptEncoder per template of this model's prompt, in its own form (TP or vanilla)."""
         return self.prompt_encoders(self.tp_config.tp)
 
-    def prompt_encoders(self, tp: bool) -> list[PromptEncoder]:
-        """The prompt's templates in TP or vanilla form (the sweep scores both with one model)."""
-        if tp not in self._encoders:
+    def templates_for(self, prompt: str | None = None, task: str | None = None) -> tuple[str, ...]:
+        """The templates one call embeds with (MetaEOL has 8, the others one).
+
+        `prompt` is what sentence-transformers passes for `prompt=` / `prompt_name=` / `encode_query`: a template (it
+        holds '{text}') replaces the model's prompt; a plain instruction goes before the template, never inside its
+        quotes. Without a prompt, `task` ("query"/"document", from encode_query/encode_document) picks a named template
+        of `tp_config.templates` when the model has one; otherwise the model's prompt applies."""
+        c = self.tp_config
+        named = c.templates or {}
+        base = (named[task],) if task in named else resolve_templates(c.prompt_method, c.template)
+        if not prompt:
+            return base
+        if TEXT in prompt:
+            check_template(prompt, c.tp)
+            return (prompt,)
+        return tuple(prompt + template for template in base)
+
+    def prompt_encoders(self, tp: bool, templates: Sequence[str] | None = None) -> list[PromptEncoder]:
+        """One PromptEncoder per template, in TP or vanilla form (the sweep scores both with one model); `templates`
+        defaults to the model's prompt."""
+        templates = tuple(templates or self.templates_for())
+        key = (tp, templates)
+        if key not in self._encoders:
+            if len(self._encoders) >= _MAX_ENCODER_SETS:  # many distinct instructions: forget the oldest
+                self._encoders.pop(next(iter(self._encoders)))
             c = self.tp_config
-            self._encoders[tp] = [
+            self._encoders[key] = [
                 PromptEncoder(self.tokenizer, template, tp=tp, num_pst=c.num_pst, preprocess=c.preprocess,
                               max_seq_length=c.max_seq_length, placeholder_id=self.pad_token_id,
                               parse_special_tokens=c.parse_special_tokens)
-                for template in resolve_templates(c.prompt_method, c.template)
+                for template in templates
             ]
-        return self._encoders[tp]
+        return self._encoders[key]
 
-    def preprocess(self, inputs: Sequence[str], prompt: str | None = None, *, tp: bool | None = None, **kwargs) -> dict[str, Tensor]:
-        """Token ids of every sentence under every template (template-major rows), right-padded. `tp` picks the
-        prompt's form (default: the model's own)."""
+    def preprocess(
+        self,
+        inputs: Sequence[str],
+        prompt: str | None = None,
+        *,
+        tp: bool | None = None,
+        task: str | None = None,
+        processing_kwargs: dict | None = None,
+        **kwargs,
+    ) -> dict[str, Tensor]:
+        """Token ids of every sentence under every template (template-major rows), right-padded. `prompt` and `task`
+        pick the templates (see `templates_for`); `tp` picks their form (default: the model's own)."""
+        if processing_kwargs:
+            raise ValueError(
+                f"TokenPrepending does not take per-call processing_kwargs (got {processing_kwargs!r}): the prompt is "
+                "tokenized by st_tp's own rules. Set the model's max_seq_length to change truncation."
+            )
+        if kwargs:
+            raise ValueError(f"TokenPrepending.preprocess got unsupported arguments {sorted(kwargs)}.")
         for text in inputs:
             if not isinstance(text, str):
                 raise ValueError(f"TokenPrepending embeds text only; got {type(text).__name__}: {text!r:.80}.")
-        texts = [prompt + text for text in inputs] if prompt else list(inputs)
         tp = self.tp_config.tp if tp is None else tp
-        features = collate(self.prompt_encoders(tp), texts, self.pad_token_id)
+        templates = self.templates_for(prompt, task)
+        features = collate(self.prompt_encoders(tp, templates), list(inputs), self.pad_token_id)
+        features["templates"] = templates
         if not tp:
             features.pop("pst_positions")
         return features
@@ -185,7 +271,7 @@ class TokenPrepending(InputModule):
         prefix that every row shares are dropped and taken from the cache; trailing all-padding columns go."""
         c = self.tp_config
         pst_positions = features.get("pst_positions")
-        encoders = self.prompt_encoders(pst_positions is not None)
+        encoders = self.prompt_encoders(pst_positions is not None, features.get("templates"))
         rows_per_template = features["input_ids"].shape[0] // len(encoders)
         batches = []
         for g, encoder in enumerate(encoders):
@@ -233,6 +319,7 @@ class TokenPrepending(InputModule):
                     self.auto_model.float()
                 return self.forward(features, **kwargs)
             raise FloatingPointError(self._nonfinite_message(embeddings))
+        features = _EmbeddingFeatures(features)
         features["sentence_embedding"] = embeddings
         return features
 
@@ -268,12 +355,19 @@ class TokenPrepending(InputModule):
         model_kwargs: dict[str, Any] | None = None,
         processor_kwargs: dict[str, Any] | None = None,
         config_kwargs: dict[str, Any] | None = None,
+        backend: str = "torch",
         **kwargs,
     ) -> TokenPrepending:
+        if backend != "torch":
+            raise ValueError(
+                f"backend={backend!r} is not supported: Token Prepending patches the PyTorch decoder forward, which an "
+                "exported ONNX/OpenVINO graph does not have. Load with backend='torch' (the default)."
+            )
         hub = dict(subfolder=subfolder, token=token, cache_folder=cache_folder, revision=revision, local_files_only=local_files_only)
         config = cls.load_config(model_name_or_path, **hub)
         if not config:
             raise ValueError(f"{model_name_or_path} has no {cls.config_file_name}; it was not saved by st_tp.")
+        base_model_name = config.pop(cls._BASE_MODEL_KEY, None)  # absent in folders saved before it was kept
         total_layers = config.pop(cls._TOTAL_LAYERS_KEY, None)
         if not isinstance(total_layers, int) or isinstance(total_layers, bool):
             raise ValueError(f"{cls.config_file_name}: {cls._TOTAL_LAYERS_KEY} must be an int, got {total_layers!r}.")
@@ -283,12 +377,15 @@ class TokenPrepending(InputModule):
         if not os.path.exists(pst_path):
             raise ValueError(f"{model_name_or_path} has no {PST_FILE}; the <PST> vector is part of a saved st_tp model.")
         pst_embedding = load_file(pst_path)["pst_embedding"]
+        stored_dtype = getattr(load_config(local_dir, config_kwargs), "dtype", None)
         return cls(
             local_dir,
             tp_config,
             total_layers=total_layers,
             pst_embedding=pst_embedding,
+            stored_dtype=stored_dtype if isinstance(stored_dtype, torch.dtype) else None,
             model_kwargs=model_kwargs,
             processor_kwargs=processor_kwargs,
             config_kwargs=config_kwargs,
+            base_model_name=base_model_name,
         )

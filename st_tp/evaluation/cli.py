@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -24,5 +25,8 @@ def run(args: argparse.Namespace) -> None:
         check_local_path(model)
     if args.local_data and not Path(args.local_data).is_dir():
         raise ValueError(f"--local-data {args.local_data}: no such folder.")
-    run_mteb(args.models, args.tasks, args.output_folder, local_data=args.local_data, limit=args.limit,
-             batch_size=args.batch_size, device=args.device)
+    run = run_mteb(args.models, args.tasks, args.output_folder, local_data=args.local_data, limit=args.limit,
+                   batch_size=args.batch_size, device=args.device)
+    if run.failures:
+        print(f"st-tp: {len(run.failures)} task(s) failed; see 'Failures' in {run.summary_path}", file=sys.stderr)
+        raise SystemExit(1)

@@ -3,23 +3,36 @@
 from __future__ import annotations
 
 import os
+import re
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import mteb
+from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
 from sentence_transformers import SentenceTransformer
 
 from st_tp.evaluation.local import LOCAL_SUFFIX, local_tasks
+from st_tp.evaluation.meta import folder_revision, lookup_meta, model_meta, model_revision, release_date
 from st_tp.evaluation.tasks import PAPER_SCORES, describe, resolve_tasks, task_names
 
-CATEGORY_ORDER = ["Classification", "PairClassification", "Reranking", "Clustering", "Summarization", "STS"]
+
+def _cell(scores: dict[str, dict[str, float]], label: str, task: str) -> str:
+    value = scores.get(label, {}).get(task)
+    return "failed" if value is None else f"{100 * value:.2f}"
 
 
-def _label(model: str | SentenceTransformer, index: int) -> str:
+CATEGORY_ORDER = ["Classification", "PairClassification", "Reranking", "Retrieval", "Clustering", "Summarization", "STS"]
+
+
+def _label(model: str | SentenceTransformer, index: int, taken: list[str]) -> str:
+    """A short unique label: the folder's name, or the model card's model name (made path-safe)."""
     if isinstance(model, str):
-        return Path(model.rstrip("/")).name or f"model{index}"
-    name = model.model_card_data.model_name
-    return name.split("/")[-1] if name else f"model{index}"  # idempotent: "st-tp/x" -> "x"
+        label = Path(model.rstrip("/")).name
+    else:
+        label = (model.model_card_data.model_name or "").split("/")[-1]
+    label = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-") or f"model{index}"
+    return f"{label}-{index}" if label in taken else label
 
 
 def select_tasks(tasks: str | list, local_data: str | Path | None = None, limit: int | None = None) -> list:
@@ -29,6 +42,23 @@ def select_tasks(tasks: str | list, local_data: str | Path | None = None, limit:
     if not all(isinstance(name, str) for name in names):
         return names
     return local_tasks(local_data, task_names(names), limit) if local_data else resolve_tasks(names)
+
+
+@dataclass
+class MtebRun:
+    """What `run_mteb` did: main scores per model label and task, the tasks that failed, and where it wrote."""
+
+    scores: dict[str, dict[str, float]]
+    failures: list[tuple[str, str, str]]  # (model label, task, error)
+    revisions: dict[str, str]  # model label -> the revision its results are keyed by
+    summary_path: Path
+    results_path: Path
+
+
+def _complete_result(cache: mteb.ResultCache, task, meta: mteb.ModelMeta):
+    """The cached result of `task` for this model and revision, if it covers every split and subset."""
+    result = cache.load_task_result(task.metadata.name, meta)
+    return result if result is not None and not result.get_missing_evaluations(task) else None
 
 
 def run_mteb(
@@ -41,43 +71,68 @@ def run_mteb(
     batch_size: int = 32,
     device: str | None = None,
     verbose: bool = True,
-) -> dict[str, dict[str, float]]:
-    """Evaluate every model on every task with mteb.evaluate; returns {model label: {task: main score}}.
+) -> MtebRun:
+    """Evaluate every model on every task with mteb.evaluate, resumably, and write `summary.md`.
 
-    `tasks` is a set name ('appendix', 'sts', ...), task names, or mteb task objects. Results are cached in
-    `output_folder/results` (mteb's ResultCache), so an interrupted run resumes without redoing finished tasks.
+    `tasks` is a set name ('appendix', 'retrieval', 'sts', ...), task names, or mteb task objects. Each model is
+    named `st-tp/<folder or model name>` and its results are keyed by a revision derived from its settings and
+    weights (see `st_tp.evaluation.meta`), in `output_folder/results` (mteb's ResultCache): a finished task is never
+    run twice, a model whose tasks are all cached is not even loaded, and a rebuilt model is evaluated afresh. A task
+    that fails is listed (summary.md, `MtebRun.failures`) and the others still run. Models passed in are not changed.
     """
     task_objects = select_tasks(tasks, local_data, limit)
     output_folder = Path(output_folder)
     cache = mteb.ResultCache(cache_path=output_folder)
     scores: dict[str, dict[str, float]] = defaultdict(dict)
+    failures: list[tuple[str, str, str]] = []
+    revisions: dict[str, str] = {}
     labels = []
     for index, spec in enumerate(models):
-        label = _label(spec, index)
+        label = _label(spec, index, labels)
         labels.append(label)
-        model = SentenceTransformer(spec, trust_remote_code=True, device=device) if isinstance(spec, str) else spec
-        model.model_card_data.model_name = f"st-tp/{label}"  # names the results folder of this model
+        name = f"st-tp/{label}"
+        if isinstance(spec, str):
+            revision, released = folder_revision(spec), release_date(spec)
+            lookup = lookup_meta(name, revision)
+            cached = {task.metadata.name: r for task in task_objects if (r := _complete_result(cache, task, lookup))}
+            model = None if len(cached) == len(task_objects) else SentenceTransformer(spec, trust_remote_code=True, device=device)
+        else:
+            model, revision, released, cached = spec, model_revision(spec), None, {}
+        revisions[label] = revision
+        encoder = None
+        if model is not None:
+            encoder = SentenceTransformerEncoderWrapper(model)
+            encoder.mteb_model_meta = model_meta(model, name, revision, released)
         for position, task in enumerate(task_objects, 1):
-            name = task.metadata.name
+            task_name = task.metadata.name
             if verbose:
-                print(f"[{position}/{len(task_objects)}] {label}: {name}", flush=True)
-            result = mteb.evaluate(
-                model, task, cache=cache, overwrite_strategy="only-missing",
-                encode_kwargs={"batch_size": batch_size}, show_progress_bar=verbose,
-            )
-            scores[label][name] = float(result.task_results[0].get_score())
-    summary = summarize(dict(scores), labels, task_objects)
+                print(f"[{position}/{len(task_objects)}] {label} ({revision}): {task_name}", flush=True)
+            try:
+                result = cached.get(task_name) or mteb.evaluate(
+                    encoder, task, cache=cache, overwrite_strategy="only-missing",
+                    encode_kwargs={"batch_size": batch_size}, show_progress_bar=verbose,
+                ).task_results[0]
+                # Only the task's own splits and subsets count (a cached file may hold more).
+                scores[label][task_name] = float(result.validate_and_filter_scores(task).get_score())
+            except Exception as error:  # one broken task must not cost the others
+                failures.append((label, task_name, f"{type(error).__name__}: {error}"))
+                if verbose:
+                    print(f"  failed: {type(error).__name__}: {error}", flush=True)
+    summary = summarize(dict(scores), labels, task_objects, failures, revisions)
     os.makedirs(output_folder, exist_ok=True)
-    (output_folder / "summary.md").write_text(summary, encoding="utf-8")
+    summary_path = output_folder / "summary.md"
+    summary_path.write_text(summary, encoding="utf-8")
     if verbose:
         print(summary)
         print(f"Results (mteb's cache, one JSON per model and task): {output_folder / 'results'}")
-        print(f"Summary: {output_folder / 'summary.md'}")
-    return dict(scores)
+        print(f"Summary: {summary_path}")
+    return MtebRun(dict(scores), failures, revisions, summary_path, output_folder / "results")
 
 
-def summarize(scores: dict[str, dict[str, float]], labels: list[str], tasks: list) -> str:
-    """A markdown table per category: main score x100 per model, the delta (last - first), the paper's numbers."""
+def summarize(scores: dict[str, dict[str, float]], labels: list[str], tasks: list,
+              failures: list[tuple[str, str, str]] = (), revisions: dict[str, str] | None = None) -> str:
+    """A markdown table per category: main score x100 per model, the delta (last - first), the paper's numbers;
+    then the failed tasks, the model revisions and the tasks as run."""
     by_category: dict[str, list] = defaultdict(list)
     for task in tasks:
         by_category[task.metadata.type].append(task)
@@ -91,6 +146,10 @@ def summarize(scores: dict[str, dict[str, float]], labels: list[str], tasks: lis
         columns = defaultdict(list)
         for task in cat_tasks:
             name = task.metadata.name
+            if not all(name in scores.get(label, {}) for label in labels):
+                row = [name, task.metadata.main_score, *[_cell(scores, label, name) for label in labels]]
+                lines.append("| " + " | ".join(row + ["-"] * (len(header) - len(row))) + " |")
+                continue
             values = [100 * scores[label][name] for label in labels]
             paper = PAPER_SCORES.get(name.removesuffix(LOCAL_SUFFIX))
             row = [name, task.metadata.main_score, *[f"{v:.2f}" for v in values]]
@@ -102,15 +161,26 @@ def summarize(scores: dict[str, dict[str, float]], labels: list[str], tasks: lis
                 columns[label].append(value)
             if paper:
                 columns["paper"].append(paper)
-        means = [sum(columns[label]) / len(columns[label]) for label in labels]
-        row = [f"**Average ({len(cat_tasks)})**", "", *[f"{m:.2f}" for m in means]]
+        scored = len(columns[labels[0]]) if labels else 0  # tasks every model finished
+        if not scored:
+            lines.append("")
+            continue
+        means = [sum(columns[label]) / scored for label in labels]
+        row = [f"**Average ({scored} of {len(cat_tasks)})**" if scored < len(cat_tasks) else f"**Average ({scored})**",
+               "", *[f"{m:.2f}" for m in means]]
         if delta:
             row.append(f"{means[-1] - means[0]:+.2f}")
         papers = columns.get("paper", [])
-        if len(papers) == len(cat_tasks):
+        if len(papers) == scored:
             row += [f"{sum(p[0] for p in papers) / len(papers):.2f}", f"{sum(p[1] for p in papers) / len(papers):.2f}"]
         else:
             row += ["-", "-"]
         lines += ["| " + " | ".join(row) + " |", ""]
+    if failures:
+        lines += ["## Failures", "", "| model | task | error |", "|---|---|---|"]
+        lines += [f"| {label} | {task} | {error.splitlines()[0][:300]} |" for label, task, error in failures] + [""]
+    if revisions:
+        lines += ["## Models", "", "| model | MTEB name | revision |", "|---|---|---|"]
+        lines += [f"| {label} | st-tp/{label} | {revision} |" for label, revision in revisions.items()] + [""]
     lines += ["## Tasks as run", "", "```", *(describe(task) for task in tasks), "```", ""]
     return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""The model card a saved st_tp model carries: training-free TP over a named base, its settings, and a load line that
+works (`pip install st_tp`, `trust_remote_code=True`), instead of sentence-transformers' "finetuned from" card."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sentence_transformers.sentence_transformer.model_card import SentenceTransformerModelCardData
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from st_tp.base_model import BaseModel
+    from st_tp.config import TPConfig
+
+
+@dataclass
+class TPModelCardData(SentenceTransformerModelCardData):
+    """sentence-transformers' card data plus what a TP card shows; `base_model` (the card's YAML) is set only for a hub
+    id, so a local path never becomes a link."""
+
+    tp_base_model: str = ""
+    tp_base_model_hub: str | None = None
+    tp_settings: dict[str, Any] = field(default_factory=dict)
+    tp_templates: dict[str, str] = field(default_factory=dict)
+    template_path: Path = field(default=Path(__file__).parent / "templates" / "model_card.md", init=False, repr=False)
+
+
+def attach_model_card(model: SentenceTransformer, base: BaseModel, tp_config: TPConfig, licence: str | None) -> None:
+    """Give `model` a TP model card (written by `model.save`)."""
+    settings = {key: value for key, value in tp_config.to_dict().items() if key not in ("device", "templates")}
+    card = TPModelCardData(
+        model_name=f"Token Prepending over {base.hub_id or Path(base.name).name}",
+        license=licence,
+        tags=["sentence-transformers", "feature-extraction", "token-prepending", "st_tp", f"prompt-{tp_config.prompt_method}"],
+        tp_base_model=base.name,
+        tp_base_model_hub=base.hub_id,
+        tp_settings=settings,
+        tp_templates=dict(tp_config.templates or {}),
+    )
+    card.base_model = base.hub_id
+    model.model_card_data = card
+    card.register_model(model)
