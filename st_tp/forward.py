@@ -111,18 +111,21 @@ class _PostHook:
 
 
 class _ReadRowsOnly:
-    """Hooks on a decoder layer's MLP, most of a layer's compute: it runs on the rows whose output is ever read and
-    gives zeros elsewhere. Padding rows are never read (no real token attends to them); in the last layer that runs,
-    only the last tokens are. An MLP acts on each row alone, so the rows it computes come out as they would in the full
-    batch. Any MLP (dense or mixture-of-experts) that maps [..., H] rows to rows qualifies."""
+    """Hooks on a row-wise part of a decoder layer (its MLP, the attention's linear projections): it runs on the rows
+    whose output is ever read and gives zeros elsewhere. Padding rows are never read (no real token attends to them:
+    their keys are masked); in the last layer that runs, only the last tokens' MLP output is. A row-wise module acts
+    on each row alone, so the rows it computes come out as they would in the full batch."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, last_tokens_in_last_layer: bool) -> None:
         self.index = index
+        self.last_tokens_in_last_layer = last_tokens_in_last_layer  # False for projections: keys need every token
 
     def _rows(self, active: _ActivePass | None) -> Tensor | None:
         if active is None:
             return None
-        return active.last_tokens if self.index == active.last_layer else active.real_tokens
+        if self.last_tokens_in_last_layer and self.index == active.last_layer:
+            return active.last_tokens
+        return active.real_tokens
 
     def before(self, module: nn.Module, args: tuple):
         rows = self._rows(_ACTIVE.get())
@@ -202,10 +205,14 @@ def install_hooks(decoder: nn.Module) -> None:
             layer.register_forward_pre_hook(_PreHook(index), with_kwargs=True)
             layer.register_forward_hook(_PostHook(index), with_kwargs=True)
             mlp = getattr(layer, "mlp", None)
-            if isinstance(mlp, nn.Module):
-                read_rows_only = _ReadRowsOnly(index)
-                mlp.register_forward_pre_hook(read_rows_only.before)
-                mlp.register_forward_hook(read_rows_only.after)
+            row_wise = [(mlp, True)] if isinstance(mlp, nn.Module) else []
+            attention = getattr(layer, "self_attn", None)
+            if isinstance(attention, nn.Module):
+                row_wise += [(child, False) for child in attention.children() if isinstance(child, nn.Linear)]
+            for module, last_tokens_in_last_layer in row_wise:
+                read_rows_only = _ReadRowsOnly(index, last_tokens_in_last_layer)
+                module.register_forward_pre_hook(read_rows_only.before)
+                module.register_forward_hook(read_rows_only.after)
         decoder._st_tp_hooked_layers = len(decoder.layers)
 
 
