@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from sentence_transformers.util import batch_to_device
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,8 @@ def dense_fp16_peak_tflops(device_name: str) -> float | None:
 
 def model_flops(module, features: dict) -> dict[str, int]:
     """Useful forward FLOPs of one batch, as the module computes it: the decoder layers that run, over the tokens
-    actually computed (the cached prefix and padding excluded; the LM head is never built).
+    actually computed (the cached prefix and padding excluded, and in the last layer that runs the MLP on the last
+    tokens only; the LM head is never built).
 
     linear:    2 x (weights of the layer's Linear modules) per computed token per layer;
     attention: 4 x (heads x head_dim) per (query, key) pair a causal query attends to (cached prefix keys
@@ -57,20 +59,25 @@ def model_flops(module, features: dict) -> dict[str, int]:
     """
     from st_tp.forward import find_decoder
 
+    def linear_weights(modules) -> int:
+        return sum(m.weight.numel() for m in modules if isinstance(m, nn.Linear))
+
     decoder = find_decoder(module.auto_model)
-    layers_run = min(module.exit_layer, len(decoder.layers))
-    linear_weights = [
-        sum(m.weight.numel() for m in layer.modules() if isinstance(m, nn.Linear)) for layer in decoder.layers[:layers_run]
-    ]
+    layers = decoder.layers[: min(module.exit_layer, len(decoder.layers))]
+    per_token = sum(linear_weights(layer.modules()) for layer in layers)
+    last_mlp = getattr(layers[-1], "mlp", None) if len(layers) else None
+    last_mlp_weights = linear_weights(last_mlp.modules()) if isinstance(last_mlp, nn.Module) else 0
     cfg = decoder.config
     attention_width = cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-    tokens = pairs = 0
+    tokens = rows = pairs = 0
     for batch in module.template_batches(features):
         mask = batch.attention_mask
         past = batch.prefix.length if batch.prefix is not None else 0
         tokens += int(mask.sum())
+        rows += mask.shape[0]
         pairs += int(((mask.cumsum(1) + past) * mask).sum())  # each computed token attends to past + itself + earlier
-    return {"linear": 2 * tokens * sum(linear_weights), "attention": 4 * attention_width * pairs * layers_run}
+    linear = 2 * (tokens * per_token - (tokens - rows) * last_mlp_weights)
+    return {"linear": linear, "attention": 4 * attention_width * pairs * len(layers)}
 
 
 def paper_settings(total_layers: int) -> dict:
@@ -96,7 +103,7 @@ def batches(module, texts: list[str], batch_size: int, device: str) -> list[dict
     """Length-sorted (longest first, as `encode` sorts) pre-tokenized batches, already on the device."""
     ordered = sorted(texts, key=len, reverse=True)
     return [
-        {k: v.to(device) for k, v in module.preprocess(ordered[i : i + batch_size]).items()}
+        batch_to_device(module.preprocess(ordered[i : i + batch_size]), device)
         for i in range(0, len(ordered), batch_size)
     ]
 

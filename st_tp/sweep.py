@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import yaml
 from scipy.stats import pearsonr, spearmanr
+from sentence_transformers.util import batch_to_device
 from tqdm.auto import tqdm
 
 from st_tp.base_model import resolve_base_model
@@ -93,9 +94,9 @@ def sweep(
     for pair_ids in tqdm(batches, desc=f"sweep ({len(tp_ends)} tp_end{' + vanilla' if include_vanilla else ''})", disable=not show_progress_bar):
         texts = [s1[i] for i in pair_ids] + [s2[i] for i in pair_ids]
         with torch.inference_mode():
-            cells = _tp_cells(module, _to(module.preprocess(texts, tp=True), device), tp_start, tp_ends)
+            cells = _tp_cells(module, batch_to_device(module.preprocess(texts, tp=True), device), tp_start, tp_ends)
             if include_vanilla:
-                vanilla = module.last_token_states(_to(module.preprocess(texts, tp=False), device), every_layer)
+                vanilla = module.last_token_states(batch_to_device(module.preprocess(texts, tp=False), device), every_layer)
                 cells.update({(VANILLA, k): v for k, v in vanilla.items()})
         for (e, k), states in cells.items():
             cosines[e][k].append(_cosine(states))
@@ -105,10 +106,6 @@ def sweep(
         warnings.simplefilter("ignore")
         scores = {e: [float(score(gold_sorted, np.concatenate(c)).statistic) for c in row] for e, row in cosines.items()}
     return SweepResult(scores=scores, total_layers=total_layers, metric=metric, tp_start=tp_start)
-
-
-def _to(features: dict, device) -> dict:
-    return {key: value.to(device) for key, value in features.items()}
 
 
 def _tp_cells(module: TokenPrepending, features: dict, tp_start: int, tp_ends: list[int]) -> dict:

@@ -117,7 +117,7 @@ def test_sentence_transformers_ecosystem(model, data_dir, tmp_path):
 
     model.save(str(tmp_path))
     card = (tmp_path / "README.md").read_text()
-    assert "TokenPrepending" in card and "'tp_end': 3" in card and "'output_layer': 3" in card
+    assert "Token Prepending" in card and "| tp_end | `3` |" in card and "| output_layer | `3` |" in card
     assert "tiny-llama-install-check" in card  # the base model is named
     files = {p.name for p in tmp_path.iterdir()}
     assert {"modules.json", "config_sentence_transformers.json", "README.md", "st_tp_config.json",
