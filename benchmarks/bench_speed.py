@@ -142,6 +142,11 @@ def real_main(args, base: str) -> None:
 
     total_layers = AutoConfig.from_pretrained(base).num_hidden_layers
     variants = real_variants(total_layers)
+    if args.only:  # a subset, for more rounds of the comparisons that matter (the ratios that need others are left out)
+        unknown = set(args.only) - set(variants)
+        if unknown:
+            raise SystemExit(f"--only: unknown variants {sorted(unknown)}; choose from {', '.join(variants)}")
+        variants = {name: settings for name, settings in variants.items() if name in {"st_native", "vanilla_last", *args.only}}
     fns = {}
     for name, settings in variants.items():
         if settings.get("native"):
@@ -157,22 +162,24 @@ def real_main(args, base: str) -> None:
     texts = {name: workload(name, args.sentences) for name in fns}
     seconds = time_interleaved({name: functools.partial(fn, texts[name]) for name, fn in fns.items()}, args.rounds)
     med = {name: seconds[name] / len(texts[name]) for name in fns}
-    exit_layer = variants["prompteol_auto"]["output_layer"]
-    ratios = {
-        "st_tp vanilla PromptEOL at -1 / ST native (goal <= 0.78)": med["vanilla_last"] / med["st_native"],
-        f"st_tp TP PromptEOL (1..6, exit {exit_layer}, defaults) / ST native (goal <= 0.70)": med["prompteol_auto"] / med["st_native"],
-    }
+    exit_layer = round(27 / 32 * total_layers)
+    ratios = {"st_tp vanilla PromptEOL at -1 / ST native (goal <= 0.78)": med["vanilla_last"] / med["st_native"]}
+    if "prompteol_auto" in med:
+        ratios[f"st_tp TP PromptEOL (1..6, exit {exit_layer}, defaults) / ST native (goal <= 0.70)"] = med["prompteol_auto"] / med["st_native"]
     for method in CACHE_METHODS:
-        ratios[f"{method}: TP defaults (prefix_cache auto) / TP without cache (goal <= 1.00)"] = med[f"{method}_auto"] / med[f"{method}_nocache"]
-        ratios[f"  {method}: TP cache forced on / off"] = med[f"{method}_cache"] / med[f"{method}_nocache"]
+        if {f"{method}_auto", f"{method}_cache", f"{method}_nocache"} <= set(med):
+            ratios[f"{method}: TP defaults (prefix_cache auto) / TP without cache (goal <= 1.00)"] = med[f"{method}_auto"] / med[f"{method}_nocache"]
+            ratios[f"  {method}: TP cache forced on / off"] = med[f"{method}_cache"] / med[f"{method}_nocache"]
     for method in ("ke", "metaeol"):
-        ratios[f"{method}: throughput defaults / without cache (goal >= {1.5 if method == 'ke' else 2})"] = (
-            med[f"{method}_nocache"] / med[f"{method}_auto"])
+        if {f"{method}_auto", f"{method}_nocache"} <= set(med):
+            ratios[f"{method}: throughput defaults / without cache (goal >= {1.5 if method == 'ke' else 2})"] = (
+                med[f"{method}_nocache"] / med[f"{method}_auto"])
     intro = (f"Model: {args.model} ({total_layers} layers). Machine: {MACHINE}; {args.rounds} interleaved rounds, "
              f"medians per sentence; {args.sentences} STS-B test sentences (KE half, MetaEOL an eighth), batch 32. "
              f"ST native and st_tp vanilla at -1 agree: min cosine {agreement:.6f} over 64 sentences.")
     rows = {name: [f"{1000 * med[name]:.2f}"] for name in fns}
-    publish(f"bench_speed.py --model {args.model} (CPU)", intro, ["median ms / sentence"], rows, ratios,
+    title = f"bench_speed.py --model {args.model}" + (f" --only {','.join(args.only)}" if args.only else "")
+    publish(f"{title} (CPU)", intro, ["median ms / sentence"], rows, ratios,
             {"median_s_per_sentence": med, "ratios": ratios, "min_cosine_native_vs_vanilla": agreement}, args.write)
 
 
@@ -192,6 +199,8 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=192)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--model", default="random", help="random (a random 512x16 Llama) or packaged:<name>")
+    parser.add_argument("--only", type=lambda text: text.split(","), default=None,
+                        help="real-model mode: time only these variants (with st_native and vanilla_last), e.g. prompteol_auto")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
