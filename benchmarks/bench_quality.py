@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import ROOT, write_section  # noqa: E402
+from benchmarks.common import ROOT, paper_exit, write_section  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 STS7 = ["STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICK-R"]
 TASKS = [*STS7, "BIOSSES"]
-PAPER_TP = (1, 7, 27 / 32)  # tp_start, tp_end, exit as a fraction of the depth (Llama-2-7B: 27 of 32)
+PAPER_TP = (1, 7)  # tp_start, tp_end of the paper's default; its exit is `paper_exit` (Llama-2-7B: 27 of 32)
 
 
 def dev_cells(grid_csv: Path) -> tuple[int, tuple[int, int]]:
@@ -55,12 +55,13 @@ def variants(total_layers: int, grid_csv: Path) -> dict[str, dict]:
     def layer(k: int) -> int:
         return -1 if k == total_layers else k
 
-    start, end, fraction = PAPER_TP
+    start, end = PAPER_TP
+    paper_layer = paper_exit(total_layers)
     return {
         "vanilla, last layer": dict(tp=False, output_layer=-1),
         f"vanilla, dev-best layer {vanilla_layer}": dict(tp=False, output_layer=layer(vanilla_layer)),
-        f"TP paper default (1..{end}, exit {round(fraction * total_layers)})": dict(
-            tp=True, tp_start=start, tp_end=end, output_layer=round(fraction * total_layers)),
+        f"TP paper default (1..{end}, exit {paper_layer})": dict(
+            tp=True, tp_start=start, tp_end=end, output_layer=paper_layer),
         f"TP dev-best (1..{tp_end}, exit {exit_layer})": dict(tp=True, tp_start=1, tp_end=tp_end, output_layer=layer(exit_layer)),
     }
 

@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import make_base, ratio_lines, sentences, time_interleaved, write_section  # noqa: E402
+from benchmarks.common import make_base, paper_exit, ratio_lines, sentences, time_interleaved, write_section  # noqa: E402
 
 MACHINE = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU float32"
 SHAPE = "llama-512x16"
@@ -110,7 +110,7 @@ CACHE_METHODS = ("prompteol", "cot", "ke", "metaeol")
 
 def real_variants(total_layers: int) -> dict[str, dict]:
     """The paper's setting scaled to the model (tp 1..6, exit 27/32 of the depth), per prompt method and cache mode."""
-    exit_layer = round(27 / 32 * total_layers)
+    exit_layer = paper_exit(total_layers)
     variants = {"st_native": dict(native=True), "vanilla_last": dict(tp=False, output_layer=-1)}
     for method in CACHE_METHODS:
         for label, cache in (("auto", "auto"), ("cache", True), ("nocache", False)):
@@ -162,7 +162,7 @@ def real_main(args, base: str) -> None:
     texts = {name: workload(name, args.sentences) for name in fns}
     seconds = time_interleaved({name: functools.partial(fn, texts[name]) for name, fn in fns.items()}, args.rounds)
     med = {name: seconds[name] / len(texts[name]) for name in fns}
-    exit_layer = round(27 / 32 * total_layers)
+    exit_layer = paper_exit(total_layers)
     ratios = {"st_tp vanilla PromptEOL at -1 / ST native (goal <= 0.78)": med["vanilla_last"] / med["st_native"]}
     if "prompteol_auto" in med:
         ratios[f"st_tp TP PromptEOL (1..6, exit {exit_layer}, defaults) / ST native (goal <= 0.70)"] = med["prompteol_auto"] / med["st_native"]

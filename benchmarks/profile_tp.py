@@ -17,7 +17,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import sentences  # noqa: E402
+from benchmarks.common import paper_exit, sentences  # noqa: E402
 
 # Operator name prefixes -> region. Self time is summed, so nothing is counted twice.
 REGIONS = {
@@ -55,7 +55,8 @@ def main() -> None:
     base = resolve_base_model(args.model).path
     layers = AutoConfig.from_pretrained(base).num_hidden_layers
     cache = {"auto": "auto", "true": True, "false": False}[args.prefix_cache]
-    model = st_tp.build(base, tp_end=7, output_layer=round(27 / 32 * layers), prefix_cache=cache, dtype="float32", device="cpu")
+    exit_layer = paper_exit(layers)
+    model = st_tp.build(base, tp_end=7, output_layer=exit_layer, prefix_cache=cache, dtype="float32", device="cpu")
     module = model[0]
     texts = sentences(args.batch)
     module.forward(module.preprocess(texts))  # warm-up
@@ -73,7 +74,7 @@ def main() -> None:
         by_region[region(event.key)] += event.self_cpu_time_total / 1000
     profiled_ms = sum(by_region.values())
     width = features["input_ids"].shape[1]
-    print(f"{args.model}: {layers} layers, TP 1..6, exit {round(27 / 32 * layers)}, batch {args.batch} x {width} tokens, "
+    print(f"{args.model}: {layers} layers, TP 1..6, exit {exit_layer}, batch {args.batch} x {width} tokens, "
           f"prefix_cache={args.prefix_cache}")
     print(f"tokenization (preprocess): {tokenize_ms:.1f} ms; forward: {forward_ms:.1f} ms wall, {profiled_ms:.1f} ms in operators")
     print(f"{'region':45s} {'ms':>8s} {'share':>7s}")

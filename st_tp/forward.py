@@ -10,8 +10,8 @@ Semantics (measured on the official code, ../shared/golden/README.md):
   * output_layer indexes HF's hidden_states: 0 = embeddings, k = input of layer k, L (or -1) = final-normed
     output, -2 = input of the last layer; the embedding is the state of the last real token.
 Early exit: the post-hook of layer k-1 records the state and stops the forward, so layers k.. never run.
-Rows never read: each layer's MLP (most of its compute) also gets a hook pair that runs it on the real tokens only,
-and in the last layer that runs on the last tokens only (see `_ReadRowsOnly`).
+Rows never read: each layer's MLP and its attention's linear projections also get a hook pair that runs them on
+the real tokens only, and the last layer's MLP on the last tokens only (see `_ReadRowsOnly`).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ class _ActivePass:
     last_tokens: Tensor | None = None  # flat indices of each row's last real token
     last_layer: int = -1  # the last decoder layer that runs (its MLP output is read at the last tokens only)
     seq_len: int = 0
+    gathered: tuple[Tensor, Tensor, Tensor] | None = None  # (input, rows, input rows): q/k/v share one input
     captured: dict[int, Tensor] = field(default_factory=dict)
 
 
@@ -128,11 +129,14 @@ class _ReadRowsOnly:
         return active.real_tokens
 
     def before(self, module: nn.Module, args: tuple):
-        rows = self._rows(_ACTIVE.get())
+        active = _ACTIVE.get()
+        rows = self._rows(active)
         if rows is None or not args:
             return None
         hidden = args[0]
-        return (hidden.reshape(-1, hidden.shape[-1])[rows].unsqueeze(0), *args[1:])
+        if active.gathered is None or active.gathered[0] is not hidden or active.gathered[1] is not rows:
+            active.gathered = (hidden, rows, hidden.reshape(-1, hidden.shape[-1])[rows].unsqueeze(0))
+        return (active.gathered[2], *args[1:])
 
     def after(self, module: nn.Module, args: tuple, output):
         active = _ACTIVE.get()
@@ -304,8 +308,8 @@ def run_layers(
         capture_layers=frozenset(k for k in capture if k < total_layers),
         stop_after=None if needs_norm else deepest,
         mask_pst_layer=mask_pst_layer,
-        # Rows whose MLP output is never read are skipped (see _ReadRowsOnly): padding, and in the last layer that
-        # runs, all but the last tokens (hidden_states[L] is read there too: the final norm is row-wise).
+        # Rows whose output is never read are skipped (see _ReadRowsOnly): padding, and in the last layer's MLP all but
+        # the last tokens (hidden_states[L] is read there too: the final norm is row-wise).
         real_tokens=None if bool(real.all()) else real.nonzero().squeeze(1),
         last_tokens=rows * seq_len + last,
         last_layer=(len(decoder.layers) if needs_norm else deepest) - 1,

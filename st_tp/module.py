@@ -93,9 +93,9 @@ class TokenPrepending(InputModule):
         total_layers: the decoder's layer count before pruning (set when loading a saved model, which holds only
             the layers its exit layer needs).
         pst_embedding: the <PST> vector; built from `tp_config.pst_init` when None.
-        stored_dtype: the dtype a saved model's weights are stored in. With dtype 'auto' they load as stored (no
-            rounding), and the device rule casts them when the module moves: sentence-transformers picks the device
-            only after loading.
+        keep_stored_dtype: load the weights in the dtype they are stored in (a saved st_tp model). With dtype 'auto'
+            they then load without rounding, and the device rule casts them when the module moves: sentence-transformers
+            picks the device only after loading.
         base_model_name: what the model was built from, kept in the saved config (MTEB metadata).
         model_kwargs / processor_kwargs / config_kwargs: passed to the HF model / tokenizer / config loaders.
     """
@@ -112,7 +112,7 @@ class TokenPrepending(InputModule):
         *,
         total_layers: int | None = None,
         pst_embedding: Tensor | None = None,
-        stored_dtype: torch.dtype | None = None,
+        keep_stored_dtype: bool = False,
         model_kwargs: dict[str, Any] | None = None,
         processor_kwargs: dict[str, Any] | None = None,
         config_kwargs: dict[str, Any] | None = None,
@@ -126,16 +126,18 @@ class TokenPrepending(InputModule):
         self.total_layers = total_layers or hf_config.num_hidden_layers
         self.exit_layer = resolve_layer(tp_config.output_layer, self.total_layers)
         model_kwargs = dict(model_kwargs or {})
-        if "quantization_config" in model_kwargs and not resolve_device(tp_config.device).startswith("cuda"):
+        device = resolve_device(tp_config.device)
+        if "quantization_config" in model_kwargs and not device.startswith("cuda"):
             raise ValueError(
                 "model_kwargs['quantization_config'] (bitsandbytes 4/8-bit) needs a CUDA GPU, and this model would run "
-                f"on {resolve_device(tp_config.device)!r}. Drop the quantization_config, or build on a CUDA device."
+                f"on {device!r}. Drop the quantization_config, or build on a CUDA device."
             )
         # dtype 'auto' is a rule (float16 on CUDA, float32 elsewhere): it is applied again when the module moves.
         self._dtype_follows_device = tp_config.dtype == "auto" and not (
             {"dtype", "torch_dtype", "quantization_config", "device_map"} & set(model_kwargs))
-        dtype = model_dtype(model_kwargs, tp_config.dtype, tp_config.device)
-        if self._dtype_follows_device and stored_dtype is not None:
+        dtype = model_dtype(model_kwargs, tp_config.dtype, device)
+        stored_dtype = getattr(hf_config, "dtype", None)
+        if self._dtype_follows_device and keep_stored_dtype and isinstance(stored_dtype, torch.dtype):
             dtype = stored_dtype
         # Early exit at k needs layers 0..k-1 only (the final norm is tiny and stays).
         self.auto_model = load_pruned_model(model_name_or_path, hf_config, self.exit_layer, dtype, model_kwargs)
@@ -377,13 +379,12 @@ class TokenPrepending(InputModule):
         if not os.path.exists(pst_path):
             raise ValueError(f"{model_name_or_path} has no {PST_FILE}; the <PST> vector is part of a saved st_tp model.")
         pst_embedding = load_file(pst_path)["pst_embedding"]
-        stored_dtype = getattr(load_config(local_dir, config_kwargs), "dtype", None)
         return cls(
             local_dir,
             tp_config,
             total_layers=total_layers,
             pst_embedding=pst_embedding,
-            stored_dtype=stored_dtype if isinstance(stored_dtype, torch.dtype) else None,
+            keep_stored_dtype=True,
             model_kwargs=model_kwargs,
             processor_kwargs=processor_kwargs,
             config_kwargs=config_kwargs,

@@ -35,6 +35,11 @@ def _label(model: str | SentenceTransformer, index: int, taken: list[str]) -> st
     return f"{label}-{index}" if label in taken else label
 
 
+def _mteb_name(label: str) -> str:
+    """The model name MTEB files this label's results under."""
+    return f"st-tp/{label}"
+
+
 def select_tasks(tasks: str | list, local_data: str | Path | None = None, limit: int | None = None) -> list:
     """Task objects from set names / task names (hub tasks, or local TSV tasks with `local_data`); task objects
     pass through unchanged."""
@@ -90,7 +95,7 @@ def run_mteb(
     for index, spec in enumerate(models):
         label = _label(spec, index, labels)
         labels.append(label)
-        name = f"st-tp/{label}"
+        name = _mteb_name(label)
         if isinstance(spec, str):
             revision, released = folder_revision(spec), release_date(spec)
             lookup = lookup_meta(name, revision)
@@ -181,6 +186,6 @@ def summarize(scores: dict[str, dict[str, float]], labels: list[str], tasks: lis
         lines += [f"| {label} | {task} | {error.splitlines()[0][:300]} |" for label, task, error in failures] + [""]
     if revisions:
         lines += ["## Models", "", "| model | MTEB name | revision |", "|---|---|---|"]
-        lines += [f"| {label} | st-tp/{label} | {revision} |" for label, revision in revisions.items()] + [""]
+        lines += [f"| {label} | {_mteb_name(label)} | {revision} |" for label, revision in revisions.items()] + [""]
     lines += ["## Tasks as run", "", "```", *(describe(task) for task in tasks), "```", ""]
     return "\n".join(lines)
