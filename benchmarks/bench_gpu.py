@@ -49,8 +49,8 @@ def dense_fp16_peak_tflops(device_name: str) -> float | None:
 
 def model_flops(module, features: dict) -> dict[str, int]:
     """Useful forward FLOPs of one batch, as the module computes it: the decoder layers that run, over the tokens
-    actually computed (the cached prefix and padding excluded, and in the last layer that runs the MLP on the last
-    tokens only; the LM head is never built).
+    actually computed (the cached prefix and padding excluded; in the last layer that runs, the MLP and the query and
+    output projections on the last tokens only; the LM head is never built).
 
     linear:    2 x (weights of the layer's Linear modules) per computed token per layer;
     attention: 4 x (heads x head_dim) per (query, key) pair a causal query attends to (cached prefix keys
@@ -65,8 +65,10 @@ def model_flops(module, features: dict) -> dict[str, int]:
     decoder = find_decoder(module.auto_model)
     layers = decoder.layers[: min(module.exit_layer, len(decoder.layers))]
     per_token = sum(linear_weights(layer.modules()) for layer in layers)
-    last_mlp = getattr(layers[-1], "mlp", None) if len(layers) else None
-    last_mlp_weights = linear_weights(last_mlp.modules()) if isinstance(last_mlp, nn.Module) else 0
+    # The last layer's MLP and query/output projections run on the last tokens only (st_tp.forward._LastTokensOnly).
+    last_attention = getattr(layers[-1], "self_attn", None) if len(layers) else None
+    last_parts = [getattr(layers[-1], "mlp", None), getattr(last_attention, "q_proj", None), getattr(last_attention, "o_proj", None)] if len(layers) else []
+    last_only_weights = sum(linear_weights(part.modules()) for part in last_parts if isinstance(part, nn.Module))
     cfg = decoder.config
     attention_width = cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
     tokens = rows = pairs = 0
@@ -76,7 +78,7 @@ def model_flops(module, features: dict) -> dict[str, int]:
         tokens += int(mask.sum())
         rows += mask.shape[0]
         pairs += int(((mask.cumsum(1) + past) * mask).sum())  # each computed token attends to past + itself + earlier
-    linear = 2 * (tokens * per_token - (tokens - rows) * last_mlp_weights)
+    linear = 2 * (tokens * per_token - (tokens - rows) * last_only_weights)
     return {"linear": linear, "attention": 4 * attention_width * pairs * len(layers)}
 
 

@@ -10,13 +10,20 @@ Semantics (measured on the official code, ../shared/golden/README.md):
   * output_layer indexes HF's hidden_states: 0 = embeddings, k = input of layer k, L (or -1) = final-normed
     output, -2 = input of the last layer; the embedding is the state of the last real token.
 Early exit: the post-hook of layer k-1 records the state and stops the forward, so layers k.. never run.
-Rows never read: each layer's MLP and its attention's linear projections also get a hook pair that runs them on
-the real tokens only, and the last layer's MLP on the last tokens only (see `_ReadRowsOnly`).
+
+Packed rows: padding is never computed. HF builds its masks and rotary embeddings for the padded batch [B, S]; the
+layers' pre-hooks pack the hidden states and the per-token layer inputs into the real tokens [1, N], so norms,
+projections, MLPs and residuals run on real tokens only. Only the attention kernel needs the padded batch:
+the model's attention implementation ('sdpa' or 'eager') is wrapped through transformers' AttentionInterface
+(`_padded_attention`) to unpack q/k/v, call the original kernel with HF's padded mask, and pack its output. Other
+implementations (flash, flex) run padded. In the last layer that runs, only the last tokens are read: its query and
+output projections and its MLP run on them alone (`_LastTokensOnly`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Collection, Iterator
 from contextvars import ContextVar
@@ -25,6 +32,9 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from st_tp.config import check_tp_range
 
@@ -34,25 +44,32 @@ if TYPE_CHECKING:
 
 @dataclass
 class _ActivePass:
-    """What the layer hooks need for one forward call. Lives in a ContextVar, never on the model."""
+    """What the layer hooks need for one forward call. Lives in a ContextVar, never on the model.
 
-    rows: Tensor  # [B] arange, for row-wise gathers
-    last_positions: Tensor  # [B] column of each row's last real token
-    pst_positions: Tensor | None  # [B, n] columns of the <PST> slots, None = no TP
+    Row indices (`last_rows`, `pst_rows`) index the layers' hidden states flattened to [rows, H]: the packed real
+    tokens when `packed` is set, the padded batch [B * S] otherwise."""
+
+    batch: int
+    seq_len: int
+    packed: Tensor | None  # flat [B * S] indices of the real tokens when the layers run packed; None = padded
+    layout: tuple[int, int]  # the layers' hidden states are [*layout, H]: (1, N) packed, (B, S) padded
+    last_rows: Tensor  # [B] row of each sequence's last real token
+    pst_rows: Tensor | None  # [B * n] rows of the <PST> slots (with `pst_sources`, their last tokens); None = no TP
+    pst_sources: Tensor | None
     tp_layers: frozenset[int]
     capture_layers: frozenset[int]  # hidden_states indices (< L) whose last-token state we keep
     stop_after: int | None  # the forward stops once hidden_states[stop_after] is captured
+    last_layer: int  # the last decoder layer that runs: only its last tokens are read
     mask_pst_layer: int | None = None  # layer whose attention hides the <PST> keys (paper A.5)
-    real_tokens: Tensor | None = None  # flat [B * S] indices of the real tokens; None = no padding
-    last_tokens: Tensor | None = None  # flat indices of each row's last real token
-    last_layer: int = -1  # the last decoder layer that runs (its MLP output is read at the last tokens only)
-    seq_len: int = 0
-    gathered: tuple[Tensor, Tensor, Tensor] | None = None  # (input, rows, input rows): q/k/v share one input
+    pst_positions: Tensor | None = None  # [B, n] columns of the <PST> slots (the A.5 mask works on columns)
+    packed_inputs: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # id -> (padded, packed) per input
     captured: dict[int, Tensor] = field(default_factory=dict)
 
 
 _ACTIVE: ContextVar[_ActivePass | None] = ContextVar("st_tp_active_pass", default=None)
 _INSTALL_LOCK = threading.Lock()
+_PACKED_IMPLEMENTATIONS = ("sdpa", "eager")  # attention implementations whose kernel st_tp wraps (see _padded_attention)
+_WRAPPED = "st_tp_padded_"  # + the original implementation's name
 
 
 class _EarlyExit(Exception):
@@ -63,8 +80,25 @@ def _hidden(args: tuple, kwargs: dict) -> Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
 
+def _flat(hidden: Tensor) -> Tensor:
+    return hidden.reshape(-1, hidden.shape[-1])
+
+
+def pack(padded: Tensor, real: Tensor) -> Tensor:
+    """[B, S, ...] -> [1, N, ...]: the real tokens (flat indices `real` into B * S), in order."""
+    return padded.reshape(-1, *padded.shape[2:])[real].unsqueeze(0)
+
+
+def unpack(packed: Tensor, real: Tensor, batch: int, seq_len: int) -> Tensor:
+    """[1, N, ...] -> [B, S, ...], zeros at padding (finite: masked keys must not hold NaN or inf)."""
+    rows = packed[0]
+    full = rows.new_zeros(batch * seq_len, *rows.shape[1:]).index_copy_(0, real, rows)
+    return full.view(batch, seq_len, *rows.shape[1:])
+
+
 class _PreHook:
-    """Runs before decoder layer `index`: overwrites <PST> rows (TP) and captures hidden_states[0]."""
+    """Runs before decoder layer `index`: packs the layer's inputs, overwrites <PST> rows (TP), captures
+    hidden_states[0], and hides the <PST> keys in the A.5 ablation's layer."""
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -74,13 +108,18 @@ class _PreHook:
         if active is None:
             return None
         hidden = _hidden(args, kwargs)
+        changed = False
+        if active.packed is not None:  # HF hands every layer the padded batch's rotary embeddings and position ids
+            kwargs, changed = _packed_layer_inputs(kwargs, active), True
+            if tuple(hidden.shape[:2]) == (active.batch, active.seq_len):  # the first layer: hidden states too
+                hidden = pack(hidden, active.packed)
         if self.index == 0 and 0 in active.capture_layers:
-            active.captured[0] = hidden[active.rows, active.last_positions]
+            active.captured[0] = _flat(hidden)[active.last_rows]
             if active.stop_after == 0:
                 raise _EarlyExit
-        changed = False
-        if active.pst_positions is not None and self.index in active.tp_layers:
-            hidden = _overwrite_pst(hidden, active.rows, active.pst_positions, active.last_positions)
+        if active.pst_rows is not None and self.index in active.tp_layers:
+            flat = _flat(hidden)  # out of place, so stored states stay intact
+            hidden = flat.index_put((active.pst_rows,), flat[active.pst_sources]).view_as(hidden)
             changed = True
         if active.mask_pst_layer == self.index and active.pst_positions is not None:
             kwargs = dict(kwargs, attention_mask=_mask_pst_keys(kwargs.get("attention_mask"), hidden, active))
@@ -90,6 +129,22 @@ class _PreHook:
         if args:
             return (hidden, *args[1:]), kwargs
         return args, dict(kwargs, hidden_states=hidden)
+
+
+def _packed_layer_inputs(kwargs: dict, active: _ActivePass) -> dict:
+    """The layer's per-token inputs (rotary embeddings, position ids) packed like the hidden states; a new dict, so
+    what HF passed stays as it was. Each padded tensor is packed once per pass: every layer gets the same one."""
+
+    def packed(value):
+        if isinstance(value, tuple):
+            return tuple(packed(v) for v in value)
+        if not isinstance(value, Tensor) or value.dim() < 2 or tuple(value.shape[:2]) != (active.batch, active.seq_len):
+            return value
+        if id(value) not in active.packed_inputs:  # the padded tensor is kept too, so its id is never reused
+            active.packed_inputs[id(value)] = (value, pack(value, active.packed))
+        return active.packed_inputs[id(value)][1]
+
+    return {**kwargs, **{name: packed(kwargs[name]) for name in ("position_embeddings", "position_ids") if name in kwargs}}
 
 
 class _PostHook:
@@ -105,61 +160,82 @@ class _PostHook:
         k = self.index + 1
         if k in active.capture_layers:
             hidden = output[0] if isinstance(output, tuple) else output
-            active.captured[k] = hidden[active.rows, active.last_positions]
+            active.captured[k] = _flat(hidden)[active.last_rows]
             if active.stop_after == k:
                 raise _EarlyExit
         return None
 
 
-class _ReadRowsOnly:
-    """Hooks on a row-wise part of a decoder layer (its MLP, the attention's linear projections): it runs on the rows
-    whose output is ever read and gives zeros elsewhere. Padding rows are never read (no real token attends to them:
-    their keys are masked); in the last layer that runs, only the last tokens' MLP output is. A row-wise module acts
-    on each row alone, so the rows it computes come out as they would in the full batch."""
+class _LastTokensOnly:
+    """Hooks on a row-wise part of a decoder layer whose output, in the last layer that runs, is read at the last
+    tokens only (its MLP, the attention's query and output projections): there it runs on those rows and gives zeros
+    elsewhere. A zero query still attends to finite keys, so the rows never read stay finite."""
 
-    def __init__(self, index: int, last_tokens_in_last_layer: bool) -> None:
+    def __init__(self, index: int) -> None:
         self.index = index
-        self.last_tokens_in_last_layer = last_tokens_in_last_layer  # False for projections: keys need every token
-
-    def _rows(self, active: _ActivePass | None) -> Tensor | None:
-        if active is None:
-            return None
-        if self.last_tokens_in_last_layer and self.index == active.last_layer:
-            return active.last_tokens
-        return active.real_tokens
 
     def before(self, module: nn.Module, args: tuple):
         active = _ACTIVE.get()
-        rows = self._rows(active)
-        if rows is None or not args:
+        if active is None or active.last_layer != self.index or not args:
             return None
-        hidden = args[0]
-        if active.gathered is None or active.gathered[0] is not hidden or active.gathered[1] is not rows:
-            active.gathered = (hidden, rows, hidden.reshape(-1, hidden.shape[-1])[rows].unsqueeze(0))
-        return (active.gathered[2], *args[1:])
+        return (_flat(args[0])[active.last_rows].unsqueeze(0), *args[1:])
 
     def after(self, module: nn.Module, args: tuple, output):
         active = _ACTIVE.get()
-        rows = self._rows(active)
-        if rows is None or not args:
+        if active is None or active.last_layer != self.index or not args:
             return None
-        out = output[0] if isinstance(output, tuple) else output
-        batch, seq = active.rows.shape[0], active.seq_len
-        full = out.new_zeros(batch * seq, out.shape[-1]).index_copy_(0, rows, out.reshape(-1, out.shape[-1]))
-        full = full.view(batch, seq, out.shape[-1])
+        out = output[0] if isinstance(output, tuple) else output  # [1, B, H]: one row per sequence
+        full = unpack(out, active.last_rows, *active.layout)
         return (full, *output[1:]) if isinstance(output, tuple) else full
 
 
-def _overwrite_pst(hidden: Tensor, rows: Tensor, pst_positions: Tensor, last_positions: Tensor) -> Tensor:
-    """h[b, pst[b, j]] = h[b, last[b]] for every <PST> slot j; out of place, so stored states stay intact."""
-    n = pst_positions.shape[1]
-    source = hidden[rows, last_positions].unsqueeze(1).expand(-1, n, -1)
-    return hidden.index_put((rows.unsqueeze(1).expand(-1, n), pst_positions), source)
+def _padded_attention(implementation: str):
+    """The attention function registered as `st_tp_padded_<implementation>`: in a packed pass it unpacks q/k/v
+    ([1, heads, N, d]; keys and values after a prefix cache's columns) to the padded batch, runs the original kernel
+    with HF's padded mask, and packs the output; otherwise it is the original kernel."""
+
+    def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask, **kwargs):
+        original = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, _eager_attention(module))
+        active = _ACTIVE.get()
+        if active is None or active.packed is None:
+            return original(module, query, key, value, attention_mask, **kwargs)
+        real, batch, seq = active.packed, active.batch, active.seq_len
+
+        def padded(states: Tensor) -> Tensor:  # [1, heads, past + N, d] -> [B, heads, past + S, d]
+            past = states.shape[2] - real.numel()  # keys/values: the prefix cache's columns, shared by every row
+            rows = unpack(states[:, :, past:].transpose(1, 2), real, batch, seq).transpose(1, 2)
+            return torch.cat([states[:, :, :past].expand(batch, -1, -1, -1), rows], dim=2) if past else rows
+
+        output, weights = original(module, padded(query), padded(key), padded(value), attention_mask, **kwargs)
+        return pack(output, real), weights  # output: [B, S, heads, d]
+
+    return attention
+
+
+def _eager_attention(module: nn.Module):
+    """The model's own eager attention (each modeling file defines one: softcapping, sinks, ...)."""
+    return sys.modules[type(module).__module__].eager_attention_forward
+
+
+# Registered under new names at import (so a model pickled to a worker process finds them there too); the original
+# implementations are untouched.
+for _implementation in _PACKED_IMPLEMENTATIONS:
+    AttentionInterface.register(_WRAPPED + _implementation, _padded_attention(_implementation))
+    AttentionMaskInterface.register(_WRAPPED + _implementation, ALL_MASK_ATTENTION_FUNCTIONS[_implementation])
+
+
+def use_packed_attention(decoder: nn.Module) -> bool:
+    """Route the decoder's attention through `_padded_attention` (the stock model is unaffected outside a TP pass).
+    False when its implementation is one the wrapper does not cover: the pass then runs padded."""
+    config = decoder.config
+    if config._attn_implementation in _PACKED_IMPLEMENTATIONS:
+        config._attn_implementation = _WRAPPED + config._attn_implementation  # not serialized with the model
+    return str(config._attn_implementation).startswith(_WRAPPED)
 
 
 def _mask_pst_keys(mask, hidden: Tensor, active: _ActivePass):
     """A 4-D additive/boolean mask of this layer with the <PST> key columns hidden from every query but itself."""
-    batch, q_len = hidden.shape[0], hidden.shape[1]
+    batch, q_len = active.batch, active.seq_len  # the mask is the padded batch's, whether the rows are packed or not
     if mask is None:  # SDPA's implicit causal mask: materialise it (no cache is used with this ablation)
         mask = torch.ones(q_len, q_len, dtype=torch.bool, device=hidden.device).tril()[None, None]
     if mask.dim() != 4:
@@ -208,15 +284,13 @@ def install_hooks(decoder: nn.Module) -> None:
                 continue
             layer.register_forward_pre_hook(_PreHook(index), with_kwargs=True)
             layer.register_forward_hook(_PostHook(index), with_kwargs=True)
-            mlp = getattr(layer, "mlp", None)
-            row_wise = [(mlp, True)] if isinstance(mlp, nn.Module) else []
             attention = getattr(layer, "self_attn", None)
-            if isinstance(attention, nn.Module):
-                row_wise += [(child, False) for child in attention.children() if isinstance(child, nn.Linear)]
-            for module, last_tokens_in_last_layer in row_wise:
-                read_rows_only = _ReadRowsOnly(index, last_tokens_in_last_layer)
-                module.register_forward_pre_hook(read_rows_only.before)
-                module.register_forward_hook(read_rows_only.after)
+            last_tokens_only = [getattr(layer, "mlp", None), getattr(attention, "q_proj", None), getattr(attention, "o_proj", None)]
+            for part in last_tokens_only:
+                if isinstance(part, nn.Module):
+                    hooks = _LastTokensOnly(index)
+                    part.register_forward_pre_hook(hooks.before)
+                    part.register_forward_hook(hooks.after)
         decoder._st_tp_hooked_layers = len(decoder.layers)
 
 
@@ -291,29 +365,39 @@ def run_layers(
         )
 
     # Positions count real tokens only, so a row's result does not depend on the padding its batch needs.
+    batch, seq_len = input_ids.shape
     past = prefix.length if prefix is not None else 0
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0) + past
+    real = attention_mask.reshape(-1).bool()
+    packed = None if bool(real.all()) or not use_packed_attention(decoder) else real.nonzero().squeeze(1)
+    layout = (1, packed.numel()) if packed is not None else (batch, seq_len)
+    # Rows of the last tokens and <PST> slots in the layers' layout: packed real tokens, or the flat padded batch.
+    flat_to_row = real.long().cumsum(0) - 1 if packed is not None else torch.arange(batch * seq_len, device=real.device)
+    last_rows = flat_to_row[rows * seq_len + last]
+    pst_rows = pst_sources = None
+    if pst_positions is not None:
+        pst_rows = flat_to_row[(rows.unsqueeze(1) * seq_len + pst_positions).reshape(-1)]
+        pst_sources = last_rows.repeat_interleave(pst_positions.shape[1])
     cache = None
-    if prefix is not None:
-        cache = prefix.expand(input_ids.shape[0])
-        attention_mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], past), attention_mask], dim=1)
+    if prefix is not None:  # packed keys follow one copy of the prefix; padded rows each need their own
+        cache = prefix.expand(1 if packed is not None else batch)
+        attention_mask = torch.cat([attention_mask.new_ones(batch, past), attention_mask], dim=1)
 
-    seq_len = input_ids.shape[1]
-    real = attention_mask[:, -seq_len:].reshape(-1).bool()
     active = _ActivePass(
-        rows=rows,
-        last_positions=last,
-        pst_positions=pst_positions,
+        batch=batch,
+        seq_len=seq_len,
+        packed=packed,
+        layout=layout,
+        last_rows=last_rows,
+        pst_rows=pst_rows,
+        pst_sources=pst_sources,
         tp_layers=frozenset(tp_layers),
         capture_layers=frozenset(k for k in capture if k < total_layers),
         stop_after=None if needs_norm else deepest,
-        mask_pst_layer=mask_pst_layer,
-        # Rows whose output is never read are skipped (see _ReadRowsOnly): padding, and in the last layer's MLP all but
-        # the last tokens (hidden_states[L] is read there too: the final norm is row-wise).
-        real_tokens=None if bool(real.all()) else real.nonzero().squeeze(1),
-        last_tokens=rows * seq_len + last,
+        # hidden_states[L] is read at the last tokens too (the final norm is row-wise), so L trims the last layer alike.
         last_layer=(len(decoder.layers) if needs_norm else deepest) - 1,
-        seq_len=seq_len,
+        mask_pst_layer=mask_pst_layer,
+        pst_positions=pst_positions,
     )
     with _active(active):
         try:
@@ -327,7 +411,7 @@ def run_layers(
         except _EarlyExit:
             output = None
     if needs_norm:
-        active.captured[total_layers] = output.last_hidden_state[rows, last]
+        active.captured[total_layers] = _flat(output.last_hidden_state)[last_rows]
     return active.captured
 
 

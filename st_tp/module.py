@@ -31,8 +31,8 @@ PST_FILE = "pst_embedding.safetensors"
 # The prefix cache is used from this many shared prefix tokens on (a BOS alone is not worth a cache), with
 # prefix_cache True or "auto" alike. Measured on the 2-core CPU with SmolLM2-135M and Gemma-3-270M
 # (benchmarks/bench_speed.py --model ..., RESULTS.md): with right-padded rows the cache is faster for every prompt
-# method, PromptEOL's 3-4 cached tokens included (TP time cache on / off: PromptEOL 0.86 / 0.76, CoT 0.73 / 0.65,
-# KE 0.40 / 0.37, MetaEOL 0.37 / 0.35), so "auto" needs no threshold of its own.
+# method, PromptEOL's 3-4 cached tokens included (TP time cache on / off, SmolLM2 / Gemma-3: PromptEOL 0.87 / 0.85,
+# CoT 0.71 / 0.63, KE 0.38 / 0.31, MetaEOL 0.28 / 0.23), so "auto" needs no threshold of its own.
 _MIN_PREFIX_TOKENS = 2
 _DTYPE_SWITCH = threading.Lock()  # on_nonfinite="float32" converts the model in place, once
 _MAX_ENCODER_SETS = 64  # prompt encoders kept per model (one set per distinct prompt/instruction seen)

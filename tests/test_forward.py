@@ -91,6 +91,66 @@ def test_causal_lm_and_hooks_are_inert_outside_a_pass(backbones):
     torch.testing.assert_close(before, after, atol=0, rtol=0)
 
 
+def _row_counts(model, run) -> dict[str, list[tuple]]:
+    """Input shapes (without the hidden size) seen by each layer's MLP and q/k projections during `run()`."""
+    seen: dict[str, list[tuple]] = {"mlp": [], "q_proj": [], "k_proj": []}
+    install_hooks(model)  # ours first, so the shapes recorded below are what the modules really compute on
+    handles = [part.register_forward_pre_hook(lambda m, args, name=name: seen[name].append(tuple(args[0].shape[:-1])))
+               for layer in model.layers for name, part in
+               [("mlp", layer.mlp), ("q_proj", layer.self_attn.q_proj), ("k_proj", layer.self_attn.k_proj)]]
+    with torch.inference_mode():
+        out = run()
+    for handle in handles:
+        handle.remove()
+    return seen, out
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_layers_run_packed_on_real_tokens(backbones, implementation):
+    """Padding is never computed: with 'sdpa' or 'eager' every row-wise part sees the real tokens only, and the last
+    layer that runs reads the last tokens only. The embeddings equal each row run alone."""
+    model = AutoModel.from_pretrained(backbones["llama"], dtype=torch.float32, attn_implementation=implementation)
+    ids, mask, pst = _batch(lengths=(11, 7, 15))
+    seen, got = _row_counts(model, lambda: tp_forward(model, ids, mask, pst, tp_start=1, tp_end=3, output_layer=4))
+    real = int(mask.sum())
+    assert seen["mlp"] == [(1, real)] * 3 + [(1, 3)]  # layers 0..2 on all 33 real tokens, layer 3 on the 3 last ones
+    assert seen["q_proj"] == [(1, real)] * 3 + [(1, 3)]
+    assert seen["k_proj"] == [(1, real)] * 4  # every key is read by the last tokens
+    assert model.config._attn_implementation == f"st_tp_padded_{implementation}"
+    with torch.inference_mode():
+        alone = torch.cat([tp_forward(model, ids[r : r + 1, mask[r].bool()], mask[r : r + 1, mask[r].bool()],
+                                      pst[r : r + 1] - (~mask[r].bool()).sum(), tp_start=1, tp_end=3, output_layer=4)
+                           for r in range(3)])
+    torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)
+
+
+def test_other_attention_implementations_run_padded(backbones):
+    """An implementation the packing wrapper does not cover (flash, flex, a user's own) runs on the padded batch, with
+    the same embeddings."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register("my_attention", sdpa_attention_forward)
+    AttentionMaskInterface.register("my_attention", sdpa_mask)
+    model = AutoModel.from_pretrained(backbones["llama"], dtype=torch.float32)
+    ids, mask, pst = _batch(lengths=(11, 7, 15))
+    with torch.inference_mode():
+        packed = tp_forward(model, ids, mask, pst, tp_start=1, tp_end=3, output_layer=4)
+    model.config._attn_implementation = "my_attention"
+    seen, padded = _row_counts(model, lambda: tp_forward(model, ids, mask, pst, tp_start=1, tp_end=3, output_layer=4))
+    assert seen["mlp"] == [(3, 15)] * 3 + [(1, 3)] and model.config._attn_implementation == "my_attention"
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=0)
+
+
+def test_saved_model_keeps_its_own_attention_implementation(tiny_llama, tmp_path):
+    model = st_tp.build(tiny_llama, tp_end=3, output_layer=4, device="cpu")
+    model.encode(["A man is playing a guitar.", "Hi"])  # a packed pass: the wrapper is in use
+    assert find_decoder(model[0].auto_model).config._attn_implementation == "st_tp_padded_sdpa"
+    model.save(str(tmp_path / "saved"))
+    assert "st_tp_padded" not in (tmp_path / "saved" / "config.json").read_text()
+
+
 def test_layer_resolution_and_errors():
     assert resolve_layer(-1, 8) == 8 and resolve_layer(-2, 8) == 7 and resolve_layer(0, 8) == 0
     with pytest.raises(ValueError, match="outside the model"):
