@@ -21,6 +21,7 @@ import importlib.util
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,7 +32,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import make_base, paper_exit, ratio_lines, sentences, time_interleaved, write_section  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    make_base,
+    paired_ratios,
+    paper_exit,
+    ratio_lines,
+    sentences,
+    time_interleaved,
+    time_rounds,
+    write_section,
+)
 
 MACHINE = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU float32"
 SHAPE = "llama-512x16"
@@ -160,12 +170,17 @@ def real_main(args, base: str) -> None:
     for name, fn in fns.items():  # warm-up (and prefix caches)
         fn(workload(name, 16))
     texts = {name: workload(name, args.sentences) for name in fns}
-    seconds = time_interleaved({name: functools.partial(fn, texts[name]) for name, fn in fns.items()}, args.rounds)
-    med = {name: seconds[name] / len(texts[name]) for name in fns}
+    times = time_rounds({name: functools.partial(fn, texts[name]) for name, fn in fns.items()}, args.rounds)
+    med = {name: statistics.median(times[name]) / len(texts[name]) for name in fns}
     exit_layer = paper_exit(total_layers)
-    ratios = {"st_tp vanilla PromptEOL at -1 / ST native (goal <= 0.78)": med["vanilla_last"] / med["st_native"]}
+    native_ratios = {"st_tp vanilla PromptEOL at -1 / ST native (goal <= 0.78)": "vanilla_last"}
     if "prompteol_auto" in med:
-        ratios[f"st_tp TP PromptEOL (1..6, exit {exit_layer}, defaults) / ST native (goal <= 0.70)"] = med["prompteol_auto"] / med["st_native"]
+        native_ratios[f"st_tp TP PromptEOL (1..6, exit {exit_layer}, defaults) / ST native (goal <= 0.70)"] = "prompteol_auto"
+    ratios = {}
+    for label, name in native_ratios.items():  # same workload on both sides: per-round times compare directly
+        ratios[label] = med[name] / med["st_native"]
+        median, low, high = paired_ratios(times, name, "st_native")
+        ratios[f"  the same, median of the {args.rounds} per-round ratios (min {low:.3f}, max {high:.3f})"] = median
     for method in CACHE_METHODS:
         if {f"{method}_auto", f"{method}_cache", f"{method}_nocache"} <= set(med):
             ratios[f"{method}: TP defaults (prefix_cache auto) / TP without cache (goal <= 1.00)"] = med[f"{method}_auto"] / med[f"{method}_nocache"]

@@ -52,9 +52,9 @@ def sentences(n: int) -> list[str]:
     return [s for r in read_tsv(STSB_TEST) for s in (r["sentence1"], r["sentence2"])][:n]
 
 
-def time_interleaved(runs: dict[Hashable, Callable[[], object]], rounds: int, sync: Callable[[], None] = lambda: None) -> dict:
-    """Median wall seconds per run. Every round times every run once, in order, so drift hits all of them alike.
-    `sync` waits for the device (e.g. torch.cuda.synchronize) before each clock reading."""
+def time_rounds(runs: dict[Hashable, Callable[[], object]], rounds: int, sync: Callable[[], None] = lambda: None) -> dict:
+    """Wall seconds of every run in every round. Each round times every run once, in order, so drift hits all of
+    them alike. `sync` waits for the device (e.g. torch.cuda.synchronize) before each clock reading."""
     times = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
@@ -63,7 +63,18 @@ def time_interleaved(runs: dict[Hashable, Callable[[], object]], rounds: int, sy
             run()
             sync()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def time_interleaved(runs: dict[Hashable, Callable[[], object]], rounds: int, sync: Callable[[], None] = lambda: None) -> dict:
+    """Median wall seconds per run, over interleaved rounds (see `time_rounds`)."""
+    return {name: statistics.median(t) for name, t in time_rounds(runs, rounds, sync).items()}
+
+
+def paired_ratios(times: dict, numerator: Hashable, denominator: Hashable) -> tuple[float, float, float]:
+    """(median, min, max) over rounds of numerator / denominator within the same round: runs timed side by side."""
+    ratios = [a / b for a, b in zip(times[numerator], times[denominator], strict=True)]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def ratio_lines(ratios: dict[str, float]) -> list[str]:

@@ -110,9 +110,10 @@ class _PreHook:
         hidden = _hidden(args, kwargs)
         changed = False
         if active.packed is not None:  # HF hands every layer the padded batch's rotary embeddings and position ids
-            kwargs, changed = _packed_layer_inputs(kwargs, active), True
             if tuple(hidden.shape[:2]) == (active.batch, active.seq_len):  # the first layer: hidden states too
                 hidden = pack(hidden, active.packed)
+            rest, kwargs = _packed_layer_inputs(args[1:], kwargs, active)
+            args, changed = args[:1] + rest, True
         if self.index == 0 and 0 in active.capture_layers:
             active.captured[0] = _flat(hidden)[active.last_rows]
             if active.stop_after == 0:
@@ -131,8 +132,9 @@ class _PreHook:
         return args, dict(kwargs, hidden_states=hidden)
 
 
-def _packed_layer_inputs(kwargs: dict, active: _ActivePass) -> dict:
-    """The layer's per-token inputs (rotary embeddings, position ids) packed like the hidden states; a new dict, so
+def _packed_layer_inputs(args: tuple, kwargs: dict, active: _ActivePass) -> tuple[tuple, dict]:
+    """The layer's other per-token inputs (rotary embeddings, position ids: any tensor, or tuple of tensors, laid out
+    [B, S, ...]) packed like the hidden states; the mask stays padded for the attention kernel. New containers, so
     what HF passed stays as it was. Each padded tensor is packed once per pass: every layer gets the same one."""
 
     def packed(value):
@@ -144,7 +146,8 @@ def _packed_layer_inputs(kwargs: dict, active: _ActivePass) -> dict:
             active.packed_inputs[id(value)] = (value, pack(value, active.packed))
         return active.packed_inputs[id(value)][1]
 
-    return {**kwargs, **{name: packed(kwargs[name]) for name in ("position_embeddings", "position_ids") if name in kwargs}}
+    kwargs = {name: value if name in ("attention_mask", "hidden_states") else packed(value) for name, value in kwargs.items()}
+    return tuple(packed(value) for value in args), kwargs
 
 
 class _PostHook:
