@@ -57,7 +57,7 @@ def model_flops(module, features: dict) -> dict[str, int]:
                included): the scores and the weighted sum of values.
     Norms, rotary embeddings and activations are elementwise and left out, as MFU conventionally does.
     """
-    from st_tp.forward import find_decoder
+    from st_tp.forward import find_decoder, last_tokens_only_parts
 
     def linear_weights(modules) -> int:
         return sum(m.weight.numel() for m in modules if isinstance(m, nn.Linear))
@@ -65,10 +65,8 @@ def model_flops(module, features: dict) -> dict[str, int]:
     decoder = find_decoder(module.auto_model)
     layers = decoder.layers[: min(module.exit_layer, len(decoder.layers))]
     per_token = sum(linear_weights(layer.modules()) for layer in layers)
-    # The last layer's MLP and query/output projections run on the last tokens only (st_tp.forward._LastTokensOnly).
-    last_attention = getattr(layers[-1], "self_attn", None) if len(layers) else None
-    last_parts = [getattr(layers[-1], "mlp", None), getattr(last_attention, "q_proj", None), getattr(last_attention, "o_proj", None)] if len(layers) else []
-    last_only_weights = sum(linear_weights(part.modules()) for part in last_parts if isinstance(part, nn.Module))
+    # In the last layer that runs, these parts compute the last tokens only.
+    last_only_weights = sum(linear_weights(part.modules()) for part in last_tokens_only_parts(layers[-1])) if len(layers) else 0
     cfg = decoder.config
     attention_width = cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
     tokens = rows = pairs = 0

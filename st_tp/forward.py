@@ -52,7 +52,6 @@ class _ActivePass:
     batch: int
     seq_len: int
     packed: Tensor | None  # flat [B * S] indices of the real tokens when the layers run packed; None = padded
-    layout: tuple[int, int]  # the layers' hidden states are [*layout, H]: (1, N) packed, (B, S) padded
     last_rows: Tensor  # [B] row of each sequence's last real token
     pst_rows: Tensor | None  # [B * n] rows of the <PST> slots (with `pst_sources`, their last tokens); None = no TP
     pst_sources: Tensor | None
@@ -64,6 +63,11 @@ class _ActivePass:
     pst_positions: Tensor | None = None  # [B, n] columns of the <PST> slots (the A.5 mask works on columns)
     packed_inputs: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # id -> (padded, packed) per input
     captured: dict[int, Tensor] = field(default_factory=dict)
+
+    @property
+    def layout(self) -> tuple[int, int]:
+        """The layers' hidden states are [*layout, H]: (1, N) packed, (B, S) padded."""
+        return (1, self.packed.numel()) if self.packed is not None else (self.batch, self.seq_len)
 
 
 _ACTIVE: ContextVar[_ActivePass | None] = ContextVar("st_tp_active_pass", default=None)
@@ -82,6 +86,11 @@ def _hidden(args: tuple, kwargs: dict) -> Tensor:
 
 def _flat(hidden: Tensor) -> Tensor:
     return hidden.reshape(-1, hidden.shape[-1])
+
+
+def real_token_indices(attention_mask: Tensor) -> Tensor:
+    """Flat [B * S] indices of the real tokens of a [B, S] mask, in order: what `pack` keeps."""
+    return attention_mask.reshape(-1).nonzero().squeeze(1)
 
 
 def pack(padded: Tensor, real: Tensor) -> Tensor:
@@ -198,7 +207,7 @@ def _padded_attention(implementation: str):
     with HF's padded mask, and packs the output; otherwise it is the original kernel."""
 
     def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask, **kwargs):
-        original = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, _eager_attention(module))
+        original = _eager_attention(module) if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
         active = _ACTIVE.get()
         if active is None or active.packed is None:
             return original(module, query, key, value, attention_mask, **kwargs)
@@ -277,6 +286,14 @@ def find_decoder(model: nn.Module) -> nn.Module:
     )
 
 
+def last_tokens_only_parts(layer: nn.Module) -> list[nn.Module]:
+    """The row-wise parts of a decoder layer that, in the last layer that runs, compute the last tokens only
+    (`_LastTokensOnly`): its MLP and its attention's query and output projections, where the layer has them."""
+    attention = getattr(layer, "self_attn", None)
+    parts = [getattr(layer, "mlp", None), getattr(attention, "q_proj", None), getattr(attention, "o_proj", None)]
+    return [part for part in parts if isinstance(part, nn.Module)]
+
+
 def install_hooks(decoder: nn.Module) -> None:
     """Attach the TP hooks to every decoder layer once; idempotent and thread-safe."""
     with _INSTALL_LOCK:
@@ -287,13 +304,10 @@ def install_hooks(decoder: nn.Module) -> None:
                 continue
             layer.register_forward_pre_hook(_PreHook(index), with_kwargs=True)
             layer.register_forward_hook(_PostHook(index), with_kwargs=True)
-            attention = getattr(layer, "self_attn", None)
-            last_tokens_only = [getattr(layer, "mlp", None), getattr(attention, "q_proj", None), getattr(attention, "o_proj", None)]
-            for part in last_tokens_only:
-                if isinstance(part, nn.Module):
-                    hooks = _LastTokensOnly(index)
-                    part.register_forward_pre_hook(hooks.before)
-                    part.register_forward_hook(hooks.after)
+            for part in last_tokens_only_parts(layer):
+                hooks = _LastTokensOnly(index)
+                part.register_forward_pre_hook(hooks.before)
+                part.register_forward_hook(hooks.after)
         decoder._st_tp_hooked_layers = len(decoder.layers)
 
 
@@ -372,8 +386,7 @@ def run_layers(
     past = prefix.length if prefix is not None else 0
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0) + past
     real = attention_mask.reshape(-1).bool()
-    packed = None if bool(real.all()) or not use_packed_attention(decoder) else real.nonzero().squeeze(1)
-    layout = (1, packed.numel()) if packed is not None else (batch, seq_len)
+    packed = None if bool(real.all()) or not use_packed_attention(decoder) else real_token_indices(attention_mask)
     # Rows of the last tokens and <PST> slots in the layers' layout: packed real tokens, or the flat padded batch.
     flat_to_row = real.long().cumsum(0) - 1 if packed is not None else torch.arange(batch * seq_len, device=real.device)
     last_rows = flat_to_row[rows * seq_len + last]
@@ -390,7 +403,6 @@ def run_layers(
         batch=batch,
         seq_len=seq_len,
         packed=packed,
-        layout=layout,
         last_rows=last_rows,
         pst_rows=pst_rows,
         pst_sources=pst_sources,

@@ -14,7 +14,7 @@ from collections.abc import Collection
 import torch
 from torch import Tensor, nn
 
-from st_tp.forward import find_decoder, install_hooks, last_token_positions, unpack
+from st_tp.forward import find_decoder, install_hooks, last_token_positions, real_token_indices, unpack
 from st_tp.prefix_cache import PrefixKV
 
 
@@ -59,8 +59,8 @@ def continue_layers(
         raise ValueError(f"{type(decoder).__name__} has no final `norm` module; the sweep needs it for output_layer=-1.")
     hidden = recorder.inputs[start]
     batch, seq_len = attention_mask.shape
-    if hidden.shape[0] != batch:  # recorded in a packed pass (real tokens only, see st_tp.forward): pad it again
-        hidden = unpack(hidden, attention_mask.reshape(-1).bool().nonzero().squeeze(1), batch, seq_len)
+    if tuple(hidden.shape[:2]) != (batch, seq_len):  # recorded in a packed pass (real tokens only): pad it again
+        hidden = unpack(hidden, real_token_indices(attention_mask), batch, seq_len)
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     last = last_token_positions(attention_mask)
     # The recorded cache already holds the full run's keys; a resumed run starts again from the bare prefix.
