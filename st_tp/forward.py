@@ -52,6 +52,7 @@ class _ActivePass:
     batch: int
     seq_len: int
     packed: Tensor | None  # flat [B * S] indices of the real tokens when the layers run packed; None = padded
+    padded_to_packed: Tensor | None  # [B * S] packed row of each padded slot (a padding slot: a neighbouring token's)
     last_rows: Tensor  # [B] row of each sequence's last real token
     pst_rows: Tensor | None  # [B * n] rows of the <PST> slots (with `pst_sources`, their last tokens); None = no TP
     pst_sources: Tensor | None
@@ -62,6 +63,7 @@ class _ActivePass:
     mask_pst_layer: int | None = None  # layer whose attention hides the <PST> keys (paper A.5)
     pst_positions: Tensor | None = None  # [B, n] columns of the <PST> slots (the A.5 mask works on columns)
     packed_inputs: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # id -> (padded, packed) per input
+    unpack_indices: dict[int, Tensor] = field(default_factory=dict)  # prefix length -> `_unpack_index`
     captured: dict[int, Tensor] = field(default_factory=dict)
 
     @property
@@ -95,7 +97,7 @@ def real_token_indices(attention_mask: Tensor) -> Tensor:
 
 def pack(padded: Tensor, real: Tensor) -> Tensor:
     """[B, S, ...] -> [1, N, ...]: the real tokens (flat indices `real` into B * S), in order."""
-    return padded.reshape(-1, *padded.shape[2:])[real].unsqueeze(0)
+    return padded.reshape(-1, *padded.shape[2:]).index_select(0, real).unsqueeze(0)  # index_select: ~4x `[real]` on CPU
 
 
 def unpack(packed: Tensor, real: Tensor, batch: int, seq_len: int) -> Tensor:
@@ -124,12 +126,12 @@ class _PreHook:
             rest, kwargs = _packed_layer_inputs(args[1:], kwargs, active)
             args, changed = args[:1] + rest, True
         if self.index == 0 and 0 in active.capture_layers:
-            active.captured[0] = _flat(hidden)[active.last_rows]
+            active.captured[0] = _flat(hidden).index_select(0, active.last_rows)
             if active.stop_after == 0:
                 raise _EarlyExit
         if active.pst_rows is not None and self.index in active.tp_layers:
             flat = _flat(hidden)  # out of place, so stored states stay intact
-            hidden = flat.index_put((active.pst_rows,), flat[active.pst_sources]).view_as(hidden)
+            hidden = flat.index_copy(0, active.pst_rows, flat.index_select(0, active.pst_sources)).view_as(hidden)
             changed = True
         if active.mask_pst_layer == self.index and active.pst_positions is not None:
             kwargs = dict(kwargs, attention_mask=_mask_pst_keys(kwargs.get("attention_mask"), hidden, active))
@@ -172,7 +174,7 @@ class _PostHook:
         k = self.index + 1
         if k in active.capture_layers:
             hidden = output[0] if isinstance(output, tuple) else output
-            active.captured[k] = _flat(hidden)[active.last_rows]
+            active.captured[k] = _flat(hidden).index_select(0, active.last_rows)
             if active.stop_after == k:
                 raise _EarlyExit
         return None
@@ -190,7 +192,7 @@ class _LastTokensOnly:
         active = _ACTIVE.get()
         if active is None or active.last_layer != self.index or not args:
             return None
-        return (_flat(args[0])[active.last_rows].unsqueeze(0), *args[1:])
+        return (_flat(args[0]).index_select(0, active.last_rows).unsqueeze(0), *args[1:])
 
     def after(self, module: nn.Module, args: tuple, output):
         active = _ACTIVE.get()
@@ -202,8 +204,8 @@ class _LastTokensOnly:
 
 
 def _padded_attention(implementation: str):
-    """The attention function registered as `st_tp_padded_<implementation>`: in a packed pass it unpacks q/k/v
-    ([1, heads, N, d]; keys and values after a prefix cache's columns) to the padded batch, runs the original kernel
+    """The attention function registered as `st_tp_padded_<implementation>`: in a packed pass it lays q/k/v out
+    ([1, heads, N, d]; keys and values after a prefix cache's columns) as the padded batch, runs the original kernel
     with HF's padded mask, and packs the output; otherwise it is the original kernel."""
 
     def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask, **kwargs):
@@ -211,17 +213,27 @@ def _padded_attention(implementation: str):
         active = _ACTIVE.get()
         if active is None or active.packed is None:
             return original(module, query, key, value, attention_mask, **kwargs)
-        real, batch, seq = active.packed, active.batch, active.seq_len
 
-        def padded(states: Tensor) -> Tensor:  # [1, heads, past + N, d] -> [B, heads, past + S, d]
-            past = states.shape[2] - real.numel()  # keys/values: the prefix cache's columns, shared by every row
-            rows = unpack(states[:, :, past:].transpose(1, 2), real, batch, seq).transpose(1, 2)
-            return torch.cat([states[:, :, :past].expand(batch, -1, -1, -1), rows], dim=2) if past else rows
+        def padded(states: Tensor) -> Tensor:  # [1, heads, past + N, d] -> [B, heads, past + S, d], one gather
+            past = states.shape[2] - active.packed.numel()  # keys/values: the prefix cache's columns, shared by every row
+            rows = states[0].transpose(0, 1).index_select(0, _unpack_index(active, past))
+            return rows.view(active.batch, past + active.seq_len, *rows.shape[1:]).transpose(1, 2)
 
         output, weights = original(module, padded(query), padded(key), padded(value), attention_mask, **kwargs)
-        return pack(output, real), weights  # output: [B, S, heads, d]
+        return pack(output, active.packed), weights  # output: [B, S, heads, d]
 
     return attention
+
+
+def _unpack_index(active: _ActivePass, past: int) -> Tensor:
+    """Rows of [past + N] (a prefix cache's columns, then the packed tokens) that lay out the padded batch
+    [B * (past + S)]. A padding slot takes a neighbouring real token: as a key it is masked and as a query never
+    read, so it only has to be finite, and one gather beats zeros plus a scatter."""
+    if past not in active.unpack_indices:
+        tokens = active.padded_to_packed.view(active.batch, active.seq_len) + past
+        prefix = torch.arange(past, device=tokens.device).expand(active.batch, past)
+        active.unpack_indices[past] = torch.cat([prefix, tokens], dim=1).reshape(-1)
+    return active.unpack_indices[past]
 
 
 def _eager_attention(module: nn.Module):
@@ -403,6 +415,7 @@ def run_layers(
         batch=batch,
         seq_len=seq_len,
         packed=packed,
+        padded_to_packed=flat_to_row.clamp(min=0) if packed is not None else None,  # left padding's slots: row 0
         last_rows=last_rows,
         pst_rows=pst_rows,
         pst_sources=pst_sources,
@@ -426,7 +439,7 @@ def run_layers(
         except _EarlyExit:
             output = None
     if needs_norm:
-        active.captured[total_layers] = _flat(output.last_hidden_state)[last_rows]
+        active.captured[total_layers] = _flat(output.last_hidden_state).index_select(0, last_rows)
     return active.captured
 
 
