@@ -49,15 +49,16 @@ def dense_fp16_peak_tflops(device_name: str) -> float | None:
 
 def model_flops(module, features: dict) -> dict[str, int]:
     """Useful forward FLOPs of one batch, as the module computes it: the decoder layers that run, over the tokens
-    actually computed (the cached prefix and padding excluded; in the last layer that runs, the MLP and the query and
-    output projections on the last tokens only; the LM head is never built).
+    actually computed (the cached prefix and padding excluded; the MLP and the query and output projections skip the
+    rows never read: all but the last tokens in the last layer that runs, the <PST> rows in a layer before a TP layer;
+    the LM head is never built).
 
     linear:    2 x (weights of the layer's Linear modules) per computed token per layer;
     attention: 4 x (heads x head_dim) per (query, key) pair a causal query attends to (cached prefix keys
                included): the scores and the weighted sum of values.
     Norms, rotary embeddings and activations are elementwise and left out, as MFU conventionally does.
     """
-    from st_tp.forward import find_decoder, last_tokens_only_parts
+    from st_tp.forward import find_decoder, read_rows_only_parts
 
     def linear_weights(modules) -> int:
         return sum(m.weight.numel() for m in modules if isinstance(m, nn.Linear))
@@ -65,19 +66,21 @@ def model_flops(module, features: dict) -> dict[str, int]:
     decoder = find_decoder(module.auto_model)
     layers = decoder.layers[: min(module.exit_layer, len(decoder.layers))]
     per_token = sum(linear_weights(layer.modules()) for layer in layers)
-    # In the last layer that runs, these parts compute the last tokens only.
-    last_only_weights = sum(linear_weights(part.modules()) for part in last_tokens_only_parts(layers[-1])) if len(layers) else 0
+    # Weights that skip a row: in the last layer that runs (all but the last tokens), and before a TP layer (<PST>).
+    skipping = [sum(linear_weights(part.modules()) for part in read_rows_only_parts(layer)) for layer in layers]
+    before_tp = sum(skipping[i - 1] for i in module.tp_layers if 0 < i < len(layers))
     cfg = decoder.config
     attention_width = cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-    tokens = rows = pairs = 0
+    tokens = rows = pst_slots = pairs = 0
     for batch in module.template_batches(features):
         mask = batch.attention_mask
         past = batch.prefix.length if batch.prefix is not None else 0
         tokens += int(mask.sum())
         rows += mask.shape[0]
+        pst_slots += batch.pst_positions.numel() if batch.pst_positions is not None else 0
         pairs += int(((mask.cumsum(1) + past) * mask).sum())  # each computed token attends to past + itself + earlier
-    linear = 2 * (tokens * per_token - (tokens - rows) * last_only_weights)
-    return {"linear": linear, "attention": 4 * attention_width * pairs * len(layers)}
+    skipped = (tokens - rows) * (skipping[-1] if skipping else 0) + pst_slots * before_tp
+    return {"linear": 2 * (tokens * per_token - skipped), "attention": 4 * attention_width * pairs * len(layers)}
 
 
 def paper_settings(total_layers: int) -> dict:

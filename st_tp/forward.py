@@ -16,8 +16,9 @@ layers' pre-hooks pack the hidden states and the per-token layer inputs into the
 projections, MLPs and residuals run on real tokens only. Only the attention kernel needs the padded batch:
 the model's attention implementation ('sdpa' or 'eager') is wrapped through transformers' AttentionInterface
 (`_padded_attention`) to unpack q/k/v, call the original kernel with HF's padded mask, and pack its output. Other
-implementations (flash, flex) run padded. In the last layer that runs, only the last tokens are read: its query and
-output projections and its MLP run on them alone (`_LastTokensOnly`).
+implementations (flash, flex) run padded.
+Rows never read are not computed either (`_ReadRowsOnly`): the query and output projections and the MLP of the last
+layer that runs see its last tokens only, and those of a layer before a TP layer skip the <PST> rows it overwrites.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class _ActivePass:
     tp_layers: frozenset[int]
     capture_layers: frozenset[int]  # hidden_states indices (< L) whose last-token state we keep
     stop_after: int | None  # the forward stops once hidden_states[stop_after] is captured
-    last_layer: int  # the last decoder layer that runs: only its last tokens are read
+    read_rows: dict[int, tuple[Tensor, Tensor]]  # layer -> (rows read later, `_spread`): see _ReadRowsOnly
     mask_pst_layer: int | None = None  # layer whose attention hides the <PST> keys (paper A.5)
     pst_positions: Tensor | None = None  # [B, n] columns of the <PST> slots (the A.5 mask works on columns)
     packed_inputs: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # id -> (padded, packed) per input
@@ -180,27 +181,36 @@ class _PostHook:
         return None
 
 
-class _LastTokensOnly:
-    """Hooks on a row-wise part of a decoder layer whose output, in the last layer that runs, is read at the last
-    tokens only (its MLP, the attention's query and output projections): there it runs on those rows and gives zeros
-    elsewhere. A zero query still attends to finite keys, so the rows never read stay finite."""
+class _ReadRowsOnly:
+    """Hooks on a row-wise part of a decoder layer (its MLP, the attention's query and output projections) whose
+    output is read at some rows only: in the last layer that runs, the last tokens; in a layer before a TP layer,
+    every row but the <PST> slots, which the TP layer overwrites. There the part runs on those rows alone, and each
+    row never read gets a copy of one that is, so it stays finite (its query still attends to finite keys)."""
 
     def __init__(self, index: int) -> None:
         self.index = index
 
     def before(self, module: nn.Module, args: tuple):
         active = _ACTIVE.get()
-        if active is None or active.last_layer != self.index or not args:
+        if active is None or self.index not in active.read_rows or not args:
             return None
-        return (_flat(args[0]).index_select(0, active.last_rows).unsqueeze(0), *args[1:])
+        rows, _ = active.read_rows[self.index]
+        return (_flat(args[0]).index_select(0, rows).unsqueeze(0), *args[1:])
 
     def after(self, module: nn.Module, args: tuple, output):
         active = _ACTIVE.get()
-        if active is None or active.last_layer != self.index or not args:
+        if active is None or self.index not in active.read_rows or not args:
             return None
-        out = output[0] if isinstance(output, tuple) else output  # [1, B, H]: one row per sequence
-        full = unpack(out, active.last_rows, *active.layout)
+        _, spread = active.read_rows[self.index]
+        out = output[0] if isinstance(output, tuple) else output  # [1, rows read, H]
+        full = out[0].index_select(0, spread).view(*active.layout, -1)
         return (full, *output[1:]) if isinstance(output, tuple) else full
+
+
+def _spread(read: Tensor, total: int) -> Tensor:
+    """For each of `total` rows, the position in `read` of the row it takes (an unread row takes the first)."""
+    spread = torch.zeros(total, dtype=torch.long, device=read.device)
+    return spread.index_copy_(0, read, torch.arange(read.numel(), device=read.device))
 
 
 def _padded_attention(implementation: str):
@@ -298,9 +308,9 @@ def find_decoder(model: nn.Module) -> nn.Module:
     )
 
 
-def last_tokens_only_parts(layer: nn.Module) -> list[nn.Module]:
-    """The row-wise parts of a decoder layer that, in the last layer that runs, compute the last tokens only
-    (`_LastTokensOnly`): its MLP and its attention's query and output projections, where the layer has them."""
+def read_rows_only_parts(layer: nn.Module) -> list[nn.Module]:
+    """The row-wise parts of a decoder layer that compute only the rows read later (`_ReadRowsOnly`): its MLP and its
+    attention's query and output projections, where the layer has them."""
     attention = getattr(layer, "self_attn", None)
     parts = [getattr(layer, "mlp", None), getattr(attention, "q_proj", None), getattr(attention, "o_proj", None)]
     return [part for part in parts if isinstance(part, nn.Module)]
@@ -316,8 +326,8 @@ def install_hooks(decoder: nn.Module) -> None:
                 continue
             layer.register_forward_pre_hook(_PreHook(index), with_kwargs=True)
             layer.register_forward_hook(_PostHook(index), with_kwargs=True)
-            for part in last_tokens_only_parts(layer):
-                hooks = _LastTokensOnly(index)
+            for part in read_rows_only_parts(layer):
+                hooks = _ReadRowsOnly(index)
                 part.register_forward_pre_hook(hooks.before)
                 part.register_forward_hook(hooks.after)
         decoder._st_tp_hooked_layers = len(decoder.layers)
@@ -361,12 +371,14 @@ def run_layers(
     prefix: PrefixKV | None = None,
     mask_pst_layer: int | None = None,
     total_layers: int | None = None,
+    whole_inputs: Collection[int] = (),
 ) -> dict[int, Tensor]:
     """One TP forward; returns {hidden_states index: last-token states [B, H]} for every index in `capture`.
 
     Layers after the deepest captured index never run. `total_layers` is L of the *unpruned* model (default:
     len(layers)); index L is the final-normed output and needs every layer. Negative indices must already be
     resolved with `resolve_layer`. `prefix` holds the keys/values of the columns that come before `input_ids`.
+    `whole_inputs`: layers whose input is read in full (by a LayerRecorder), <PST> rows included.
     """
     decoder = find_decoder(model)
     install_hooks(decoder)
@@ -411,6 +423,18 @@ def run_layers(
         cache = prefix.expand(1 if packed is not None else batch)
         attention_mask = torch.cat([attention_mask.new_ones(batch, past), attention_mask], dim=1)
 
+    # Rows read later, per layer whose row-wise parts may skip the others (_ReadRowsOnly). hidden_states[L] is read at
+    # the last tokens too (the final norm is row-wise), so L trims the last layer alike.
+    last_layer = (len(decoder.layers) if needs_norm else deepest) - 1
+    total_rows = packed.numel() if packed is not None else batch * seq_len
+    read_rows = {}
+    if pst_rows is not None:  # a TP layer overwrites the <PST> rows that the layer before it wrote, unless recorded
+        kept = torch.ones(total_rows, dtype=torch.bool, device=pst_rows.device).index_fill_(0, pst_rows, False)
+        kept = kept.nonzero().squeeze(1)
+        before_tp = [i - 1 for i in tp_layers if 0 < i <= last_layer and i not in whole_inputs]
+        read_rows = dict.fromkeys(before_tp, (kept, _spread(kept, total_rows)))
+    read_rows[last_layer] = (last_rows, _spread(last_rows, total_rows))
+
     active = _ActivePass(
         batch=batch,
         seq_len=seq_len,
@@ -422,8 +446,7 @@ def run_layers(
         tp_layers=frozenset(tp_layers),
         capture_layers=frozenset(k for k in capture if k < total_layers),
         stop_after=None if needs_norm else deepest,
-        # hidden_states[L] is read at the last tokens too (the final norm is row-wise), so L trims the last layer alike.
-        last_layer=(len(decoder.layers) if needs_norm else deepest) - 1,
+        read_rows=read_rows,
         mask_pst_layer=mask_pst_layer,
         pst_positions=pst_positions,
     )

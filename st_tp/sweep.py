@@ -119,7 +119,7 @@ def _tp_cells(module: TokenPrepending, features: dict, tp_start: int, tp_ends: l
             captured = run_layers(
                 module.auto_model, batch.input_ids, batch.attention_mask, batch.pst_positions,
                 tp_layers=range(tp_start, largest), capture=range(total_layers + 1), pst_embedding=module.pst_embedding,
-                prefix=batch.prefix, total_layers=total_layers,
+                prefix=batch.prefix, total_layers=total_layers, whole_inputs=recorder.save_inputs,
             )
         per_template = {(largest, k): v for k, v in captured.items()}
         for e in tp_ends[:-1]:

@@ -107,15 +107,17 @@ def _row_counts(model, run) -> dict[str, list[tuple]]:
 
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
 def test_layers_run_packed_on_real_tokens(backbones, implementation):
-    """Padding is never computed: with 'sdpa' or 'eager' every row-wise part sees the real tokens only, and the last
-    layer that runs reads the last tokens only. The embeddings equal each row run alone."""
+    """Padding is never computed: with 'sdpa' or 'eager' every row-wise part sees the real tokens only. Rows never read
+    are skipped too: the last layer that runs reads the last tokens only, and a layer before a TP layer skips the
+    <PST> rows that the TP layer overwrites. The embeddings equal each row run alone."""
     model = AutoModel.from_pretrained(backbones["llama"], dtype=torch.float32, attn_implementation=implementation)
     ids, mask, pst = _batch(lengths=(11, 7, 15))
     seen, got = _row_counts(model, lambda: tp_forward(model, ids, mask, pst, tp_start=1, tp_end=3, output_layer=4))
-    real = int(mask.sum())
-    assert seen["mlp"] == [(1, real)] * 3 + [(1, 3)]  # layers 0..2 on all 33 real tokens, layer 3 on the 3 last ones
-    assert seen["q_proj"] == [(1, real)] * 3 + [(1, 3)]
-    assert seen["k_proj"] == [(1, real)] * 4  # every key is read by the last tokens
+    real = int(mask.sum())  # 33 real tokens, 3 of them <PST>
+    # layers 0 and 1 come before the TP layers 1 and 2: their <PST> outputs are overwritten, so never computed
+    assert seen["mlp"] == [(1, real - 3)] * 2 + [(1, real), (1, 3)]  # layer 3, the last, on the 3 last tokens
+    assert seen["q_proj"] == [(1, real - 3)] * 2 + [(1, real), (1, 3)]
+    assert seen["k_proj"] == [(1, real)] * 4  # every key is read
     assert model.config._attn_implementation == f"st_tp_padded_{implementation}"
     with torch.inference_mode():
         alone = torch.cat([tp_forward(model, ids[r : r + 1, mask[r].bool()], mask[r : r + 1, mask[r].bool()],
@@ -139,7 +141,8 @@ def test_other_attention_implementations_run_padded(backbones):
         packed = tp_forward(model, ids, mask, pst, tp_start=1, tp_end=3, output_layer=4)
     model.config._attn_implementation = "my_attention"
     seen, padded = _row_counts(model, lambda: tp_forward(model, ids, mask, pst, tp_start=1, tp_end=3, output_layer=4))
-    assert seen["mlp"] == [(3, 15)] * 3 + [(1, 3)] and model.config._attn_implementation == "my_attention"
+    assert seen["mlp"] == [(1, 45 - 3)] * 2 + [(3, 15), (1, 3)]  # padded slots, the <PST> ones skipped before TP
+    assert model.config._attn_implementation == "my_attention"
     torch.testing.assert_close(packed, padded, atol=1e-5, rtol=0)
 
 
