@@ -15,8 +15,8 @@ Packed rows: padding is never computed. HF builds its masks and rotary embedding
 layers' pre-hooks pack the hidden states and the per-token layer inputs into the real tokens [1, N], so norms,
 projections, MLPs and residuals run on real tokens only. Only the attention kernel needs the padded batch:
 the model's attention implementation ('sdpa' or 'eager') is wrapped through transformers' AttentionInterface
-(`_padded_attention`) to unpack q/k/v, call the original kernel with HF's padded mask, and pack its output. Other
-implementations (flash, flex) run padded.
+(`_padded_attention`) to lay q/k/v out as that batch, call the original kernel with HF's padded mask, and pack its
+output. Other implementations (flash, flex) run padded.
 Rows never read are not computed either (`_ReadRowsOnly`): the query and output projections and the MLP of the last
 layer that runs see its last tokens only, and those of a layer before a TP layer skip the <PST> rows it overwrites.
 """
@@ -91,6 +91,11 @@ def _flat(hidden: Tensor) -> Tensor:
     return hidden.reshape(-1, hidden.shape[-1])
 
 
+def _take_rows(hidden: Tensor, rows: Tensor) -> Tensor:
+    """[rows, H] from hidden states flattened to [B * S, H] (index_select: ~4x `[rows]` on CPU)."""
+    return _flat(hidden).index_select(0, rows)
+
+
 def real_token_indices(attention_mask: Tensor) -> Tensor:
     """Flat [B * S] indices of the real tokens of a [B, S] mask, in order: what `pack` keeps."""
     return attention_mask.reshape(-1).nonzero().squeeze(1)
@@ -127,12 +132,12 @@ class _PreHook:
             rest, kwargs = _packed_layer_inputs(args[1:], kwargs, active)
             args, changed = args[:1] + rest, True
         if self.index == 0 and 0 in active.capture_layers:
-            active.captured[0] = _flat(hidden).index_select(0, active.last_rows)
+            active.captured[0] = _take_rows(hidden, active.last_rows)
             if active.stop_after == 0:
                 raise _EarlyExit
         if active.pst_rows is not None and self.index in active.tp_layers:
             flat = _flat(hidden)  # out of place, so stored states stay intact
-            hidden = flat.index_copy(0, active.pst_rows, flat.index_select(0, active.pst_sources)).view_as(hidden)
+            hidden = flat.index_copy(0, active.pst_rows, _take_rows(hidden, active.pst_sources)).view_as(hidden)
             changed = True
         if active.mask_pst_layer == self.index and active.pst_positions is not None:
             kwargs = dict(kwargs, attention_mask=_mask_pst_keys(kwargs.get("attention_mask"), hidden, active))
@@ -175,7 +180,7 @@ class _PostHook:
         k = self.index + 1
         if k in active.capture_layers:
             hidden = output[0] if isinstance(output, tuple) else output
-            active.captured[k] = _flat(hidden).index_select(0, active.last_rows)
+            active.captured[k] = _take_rows(hidden, active.last_rows)
             if active.stop_after == k:
                 raise _EarlyExit
         return None
@@ -195,7 +200,7 @@ class _ReadRowsOnly:
         if active is None or self.index not in active.read_rows or not args:
             return None
         rows, _ = active.read_rows[self.index]
-        return (_flat(args[0]).index_select(0, rows).unsqueeze(0), *args[1:])
+        return (_take_rows(args[0], rows).unsqueeze(0), *args[1:])
 
     def after(self, module: nn.Module, args: tuple, output):
         active = _ACTIVE.get()
@@ -427,11 +432,12 @@ def run_layers(
     # the last tokens too (the final norm is row-wise), so L trims the last layer alike.
     last_layer = (len(decoder.layers) if needs_norm else deepest) - 1
     total_rows = packed.numel() if packed is not None else batch * seq_len
+    # A TP layer overwrites the <PST> rows that the layer before it wrote: unread, unless a recorder keeps that input.
+    before_tp = [i - 1 for i in tp_layers if 0 < i <= last_layer and i not in whole_inputs] if pst_rows is not None else []
     read_rows = {}
-    if pst_rows is not None:  # a TP layer overwrites the <PST> rows that the layer before it wrote, unless recorded
+    if before_tp:
         kept = torch.ones(total_rows, dtype=torch.bool, device=pst_rows.device).index_fill_(0, pst_rows, False)
         kept = kept.nonzero().squeeze(1)
-        before_tp = [i - 1 for i in tp_layers if 0 < i <= last_layer and i not in whole_inputs]
         read_rows = dict.fromkeys(before_tp, (kept, _spread(kept, total_rows)))
     read_rows[last_layer] = (last_rows, _spread(last_rows, total_rows))
 
@@ -462,7 +468,7 @@ def run_layers(
         except _EarlyExit:
             output = None
     if needs_norm:
-        active.captured[total_layers] = _flat(output.last_hidden_state).index_select(0, last_rows)
+        active.captured[total_layers] = _take_rows(output.last_hidden_state, last_rows)
     return active.captured
 
 
