@@ -195,7 +195,8 @@ def real_main(args, base: str) -> None:
     rows = {name: [f"{1000 * med[name]:.2f}"] for name in fns}
     title = f"bench_speed.py --model {args.model}" + (f" --only {','.join(args.only)}" if args.only else "")
     publish(f"{title} (CPU)", intro, ["median ms / sentence"], rows, ratios,
-            {"median_s_per_sentence": med, "ratios": ratios, "min_cosine_native_vs_vanilla": agreement}, args.write)
+            {"median_s_per_sentence": med, "ratios": ratios, "min_cosine_native_vs_vanilla": agreement,
+             "seconds_per_round": times}, args.write)
 
 
 def publish(title: str, intro: str, columns: list[str], rows: dict[str, list[str]], ratios: dict, data: dict, write: bool) -> None:
