@@ -58,7 +58,7 @@ def model_flops(module, features: dict) -> dict[str, int]:
                included): the scores and the weighted sum of values.
     Norms, rotary embeddings and activations are elementwise and left out, as MFU conventionally does.
     """
-    from st_tp.forward import find_decoder, read_rows_only_parts
+    from st_tp.forward import find_decoder, layers_before_tp, read_rows_only_parts
 
     def linear_weights(modules) -> int:
         return sum(m.weight.numel() for m in modules if isinstance(m, nn.Linear))
@@ -68,7 +68,7 @@ def model_flops(module, features: dict) -> dict[str, int]:
     per_token = sum(linear_weights(layer.modules()) for layer in layers)
     # Weights that skip a row: in the last layer that runs (all but the last tokens), and before a TP layer (<PST>).
     skipping = [sum(linear_weights(part.modules()) for part in read_rows_only_parts(layer)) for layer in layers]
-    before_tp = sum(skipping[i - 1] for i in module.tp_layers if 0 < i < len(layers))
+    before_tp = sum(skipping[i] for i in layers_before_tp(module.tp_layers, len(layers) - 1))
     cfg = decoder.config
     attention_width = cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
     tokens = rows = pst_slots = pairs = 0

@@ -321,6 +321,12 @@ def read_rows_only_parts(layer: nn.Module) -> list[nn.Module]:
     return [part for part in parts if isinstance(part, nn.Module)]
 
 
+def layers_before_tp(tp_layers: Collection[int], last_layer: int, whole_inputs: Collection[int] = ()) -> list[int]:
+    """Layers (up to `last_layer`, the last that runs) whose <PST> rows are never read, so `_ReadRowsOnly` skips them:
+    the next layer is a TP layer and overwrites those rows, unless a recorder keeps its input whole (`whole_inputs`)."""
+    return [i - 1 for i in tp_layers if 0 < i <= last_layer and i not in whole_inputs]
+
+
 def install_hooks(decoder: nn.Module) -> None:
     """Attach the TP hooks to every decoder layer once; idempotent and thread-safe."""
     with _INSTALL_LOCK:
@@ -432,8 +438,7 @@ def run_layers(
     # the last tokens too (the final norm is row-wise), so L trims the last layer alike.
     last_layer = (len(decoder.layers) if needs_norm else deepest) - 1
     total_rows = packed.numel() if packed is not None else batch * seq_len
-    # A TP layer overwrites the <PST> rows that the layer before it wrote: unread, unless a recorder keeps that input.
-    before_tp = [i - 1 for i in tp_layers if 0 < i <= last_layer and i not in whole_inputs] if pst_rows is not None else []
+    before_tp = layers_before_tp(tp_layers, last_layer, whole_inputs) if pst_rows is not None else []
     read_rows = {}
     if before_tp:
         kept = torch.ones(total_rows, dtype=torch.bool, device=pst_rows.device).index_fill_(0, pst_rows, False)
