@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import SHAPES, make_base, ratio_lines, sentences, time_interleaved, write_section  # noqa: E402
+from st_tp.config import paper_setting  # noqa: E402
 
-PAPER_PRESET = ROOT / "configs" / "llama2-7b-prompteol-tp.yaml"
 # Dense (no sparsity) FP16/BF16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s; matched in this order
 # against torch.cuda.get_device_name(). Anything else needs --peak-tflops.
 DENSE_FP16_PEAK_TFLOPS = [("H200", 989.4), ("H100 PCIe", 756.0), ("H100 NVL", 835.5), ("H100", 989.4),
@@ -58,7 +58,9 @@ def model_flops(module, features: dict) -> dict[str, int]:
                included): the scores and the weighted sum of values.
     Norms, rotary embeddings and activations are elementwise and left out, as MFU conventionally does.
     """
-    from st_tp.forward import find_decoder, layers_before_tp, read_rows_only_parts
+    from st_tp.decoder import find_decoder
+    from st_tp.decoder import row_wise_parts as read_rows_only_parts
+    from st_tp.row_skipping import layers_before_tp
 
     def linear_weights(modules) -> int:
         return sum(m.weight.numel() for m in modules if isinstance(m, nn.Linear))
@@ -83,18 +85,8 @@ def model_flops(module, features: dict) -> dict[str, int]:
     return {"linear": 2 * (tokens * per_token - skipped), "attention": 4 * attention_width * pairs * len(layers)}
 
 
-def paper_settings(total_layers: int) -> dict:
-    """The paper's Llama-2-7B PromptEOL+TP setting (from the preset), scaled to `total_layers`."""
-    from st_tp.config import load_preset
-
-    _, paper = load_preset(PAPER_PRESET)
-    scale = total_layers / 32
-    return dict(prompt_method=paper.prompt_method, tp_start=paper.tp_start,
-                tp_end=max(paper.tp_start + 1, round(paper.tp_end * scale)), output_layer=round(paper.output_layer * scale))
-
-
 def variants(total_layers: int) -> dict[str, dict]:
-    paper = paper_settings(total_layers)
+    paper = paper_setting(total_layers)
     return {
         "tp": paper,
         "vanilla": dict(paper, tp=False),
@@ -187,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
         "TP / vanilla PromptEOL, same exit, forward time": rows["vanilla"]["sentences_per_s_forward"] / rows["tp"]["sentences_per_s_forward"],
         "TP at the paper's exit / vanilla PromptEOL at output_layer=-1, forward time": rows["vanilla_last"]["sentences_per_s_forward"] / rows["tp"]["sentences_per_s_forward"],
     }
-    settings = paper_settings(total_layers)
+    settings = paper_setting(total_layers)
     lines = [
         f"Device: {device_name}; torch {torch.__version__}; {args.dtype}; shapes {args.shapes} ({total_layers} layers); "
         f"batch {args.batch_size}; {len(texts)} STS-B test sentences; {args.rounds} interleaved rounds, medians. "

@@ -14,8 +14,6 @@ scored, never used to choose. Results are cached by mteb under `--out`, so a sto
 from __future__ import annotations
 
 import argparse
-import csv
-import math
 import platform
 import sys
 import time
@@ -24,44 +22,30 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import ROOT, paper_exit, write_section  # noqa: E402
+from benchmarks.common import ROOT, write_section  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 STS7 = ["STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICK-R"]
 TASKS = [*STS7, "BIOSSES"]
-PAPER_TP = (1, 7)  # tp_start, tp_end of the paper's default; its exit is `paper_exit` (Llama-2-7B: 27 of 32)
-
-
-def dev_cells(grid_csv: Path) -> tuple[int, tuple[int, int]]:
-    """(best vanilla layer, (best tp_end, best exit)) from a sweep's grid.csv; NaN cells never win."""
-    with open(grid_csv, newline="") as f:
-        rows = list(csv.reader(f))
-    layers = [int(k) for k in rows[0][1:]]
-    scores = {row[0]: [float(v) for v in row[1:]] for row in rows[1:]}
-
-    def best(values: list[float]) -> int:
-        return max((k for k, v in zip(layers, values, strict=True) if not math.isnan(v)), key=lambda k: values[k])
-
-    vanilla = best(scores.pop("vanilla"))
-    cells = [(int(e), best(row), row[best(row)]) for e, row in scores.items()]
-    tp_end, exit_layer, _ = max(cells, key=lambda cell: cell[2])
-    return vanilla, (tp_end, exit_layer)
 
 
 def variants(total_layers: int, grid_csv: Path) -> dict[str, dict]:
     """The four settings, as st_tp.build overrides; output_layer = total_layers is written as -1."""
-    vanilla_layer, (tp_end, exit_layer) = dev_cells(grid_csv)
+    from st_tp.config import paper_setting
+    from st_tp.sweep import SweepResult
+
+    sweep = SweepResult.read_csv(grid_csv)
+    vanilla_layer, (tp_end, exit_layer, _) = sweep.best_vanilla(), sweep.best()
 
     def layer(k: int) -> int:
         return -1 if k == total_layers else k
 
-    start, end = PAPER_TP
-    paper_layer = paper_exit(total_layers)
+    paper = paper_setting(total_layers)
     return {
         "vanilla, last layer": dict(tp=False, output_layer=-1),
         f"vanilla, dev-best layer {vanilla_layer}": dict(tp=False, output_layer=layer(vanilla_layer)),
-        f"TP paper default (1..{end}, exit {paper_layer})": dict(
-            tp=True, tp_start=start, tp_end=end, output_layer=paper_layer),
+        f"TP paper default ({paper['tp_start']}..{paper['tp_end']}, exit {paper['output_layer']})": dict(
+            tp=True, tp_start=paper["tp_start"], tp_end=paper["tp_end"], output_layer=paper["output_layer"]),
         f"TP dev-best (1..{tp_end}, exit {exit_layer})": dict(tp=True, tp_start=1, tp_end=tp_end, output_layer=layer(exit_layer)),
     }
 
@@ -113,6 +97,33 @@ def run(args: argparse.Namespace) -> str:
     return "\n\n".join(sections)
 
 
+def dtype_run(args: argparse.Namespace) -> str:
+    """Each model's PromptEOL+TP preset (configs/<model>-prompteol-tp.yaml) at each of `args.dtypes`: what the
+    default dtype ('auto', bfloat16 on a CPU that runs it natively) costs in quality against float32."""
+    import st_tp
+    from st_tp.config import resolve_dtype
+    from st_tp.evaluation import local_tasks, run_mteb
+
+    torch.set_num_threads(args.threads)
+    tasks = local_tasks(DATA, TASKS, sample=args.sample)
+    by_name = {t.metadata.name.removesuffix("-local"): t for t in tasks}
+    tasks = [by_name[name] for name in TASKS]
+    sections = []
+    for model in args.models:
+        table = []
+        for dtype in args.dtypes:
+            st = st_tp.build(f"packaged:{model}", ROOT / "configs" / f"{model}-prompteol-tp.yaml", dtype=dtype, device="cpu")
+            runs_in = str(st[0].model_dtype).removeprefix("torch.")
+            st.model_card_data.model_name = f"{model}-prompteol-preset-{dtype}-{runs_in}"
+            (scores,) = run_mteb([st], tasks, Path(args.out) / "mteb", batch_size=args.batch_size, verbose=args.verbose).scores.values()
+            row = [100 * scores[t.metadata.name] for t in tasks]
+            table.append(("prompteol", f"preset, dtype {dtype} (runs in {runs_in})", row))
+            print(f"{model} dtype {dtype} ({runs_in}): STS avg {sum(row[:7]) / 7:.2f}", flush=True)
+        sections.append(format_table(model, st[0].total_layers, table))
+    auto = str(resolve_dtype("auto", "cpu")).removeprefix("torch.")
+    return f"dtype 'auto' resolves to {auto} on this CPU.\n\n" + "\n\n".join(sections)
+
+
 def format_table(model: str, total_layers: int, rows: list[tuple[str, str, list[float]]]) -> str:
     header = ["prompt", "variant", *TASKS, "STS avg (7)"]
     lines = [f"**{model}** ({total_layers} layers)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -131,13 +142,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--verbose", action="store_true", help="mteb's own progress bars and logs")
+    parser.add_argument("--dtypes", nargs="+", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="instead of the four variants: each model's PromptEOL+TP preset at each of these dtypes")
     parser.add_argument("--write", action="store_true", help="write the tables into benchmarks/RESULTS.md")
     args = parser.parse_args()
     args.sample = args.sample or None
     started = time.time()
-    tables = run(args)
+    tables = dtype_run(args) if args.dtypes else run(args)
     print(tables)
-    if args.write:
+    if args.write and args.dtypes:
+        command = "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:])
+        body = (f"`{command}`: {platform.processor() or platform.machine()} CPU, {args.threads} threads, "
+                f"{time.time() - started:.0f} s; {args.sample} pairs per test set drawn at random (seed 0; BIOSSES has "
+                "100, all used), mteb's cosine Spearman x100.\n\n" + tables)
+        write_section("Quality at the default dtype (bench_quality.py --dtypes, CPU)", body)
+    elif args.write:
         command = "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:])
         subset = f"{args.sample} pairs per test set drawn at random (seed 0; BIOSSES has 100, all used)" if args.sample else "full test sets"
         body = (

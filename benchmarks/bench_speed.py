@@ -9,8 +9,9 @@ Paper setting scaled to 16 layers: TP before layers 1..3 (7/32 -> 4/16), exit at
 
 Real-model mode (`--model packaged:smollm2-135m` or `packaged:gemma3-270m`; falls back to the random model when the
 package is absent): st_tp against sentence-transformers' own `Transformer` + `Pooling("lasttoken")` with the
-PromptEOL prompt applied by hand (all layers; the same embeddings as st_tp's vanilla PromptEOL at -1), and every
-prompt method with prefix_cache "auto" (the default), True and False.
+PromptEOL prompt applied by hand (all layers; the same embeddings as st_tp's vanilla PromptEOL at -1), at equal
+dtypes (float32 and bfloat16), st_tp at its default dtype, the machine's matmul roofline and each variant's CPU MFU
+measured in the same run; with `--prompt-methods`, every prompt method with prefix_cache "auto", True and False.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -35,17 +37,18 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import (  # noqa: E402
     make_base,
     paired_ratios,
-    paper_exit,
     ratio_lines,
     sentences,
     time_interleaved,
     time_rounds,
     write_section,
 )
+from st_tp.config import paper_setting  # noqa: E402
 
 MACHINE = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU float32"
 SHAPE = "llama-512x16"
-LAYERS, EXIT, TP_END = 16, 14, 4
+LAYERS = 16
+EXIT, TP_END = paper_setting(LAYERS)["output_layer"], paper_setting(LAYERS)["tp_end"]  # 14, 4
 
 
 VARIANTS = {  # name -> build settings; "naive" marks the official-style reference path
@@ -116,20 +119,29 @@ def peak_memory(base: str, name: str, n: int) -> float:
 
 
 CACHE_METHODS = ("prompteol", "cot", "ke", "metaeol")
+DTYPES = ("float32", "bfloat16")
 
 
-def real_variants(total_layers: int) -> dict[str, dict]:
-    """The paper's setting scaled to the model (tp 1..6, exit 27/32 of the depth), per prompt method and cache mode."""
-    exit_layer = paper_exit(total_layers)
-    variants = {"st_native": dict(native=True), "vanilla_last": dict(tp=False, output_layer=-1)}
-    for method in CACHE_METHODS:
-        for label, cache in (("auto", "auto"), ("cache", True), ("nocache", False)):
-            variants[f"{method}_{label}"] = dict(prompt_method=method, tp_end=7, output_layer=exit_layer, prefix_cache=cache)
+def real_variants(total_layers: int, prompt_methods: bool) -> dict[str, dict]:
+    """ST native and st_tp at equal dtypes (float32, bfloat16), st_tp at its default dtype ('auto'), and with
+    `prompt_methods` every prompt method with prefix_cache auto / True / False (float32). TP is the paper's setting
+    scaled to the model (st_tp.config.paper_setting)."""
+    paper = paper_setting(total_layers)
+    variants = {"vanilla_last_float32": dict(tp=False, output_layer=-1, dtype="float32")}
+    for dtype in DTYPES:
+        variants[f"st_native_{dtype}"] = dict(native=True, dtype=dtype)
+        variants[f"tp_{dtype}"] = dict(paper, dtype=dtype)
+    variants["tp_default"] = dict(paper)  # dtype "auto": what a user gets
+    if prompt_methods:
+        for method in CACHE_METHODS:
+            for label, cache in (("auto", "auto"), ("cache", True), ("nocache", False)):
+                variants[f"{method}_{label}"] = dict(paper, prompt_method=method, prefix_cache=cache, dtype="float32")
     return variants
 
 
-def st_native(base: str):
-    """What a sentence-transformers user would run: Transformer + last-token pooling over the PromptEOL prompt."""
+def st_native(base: str, dtype: str):
+    """What a sentence-transformers user would run: Transformer + last-token pooling over the PromptEOL prompt.
+    Returns (embed function, decoder)."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
@@ -137,11 +149,46 @@ def st_native(base: str):
 
     transformer = Transformer(  # text modality pinned: no chat template around the prompt
         base, modality_config={"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
-        module_output_name="token_embeddings", model_kwargs={"dtype": torch.float32},
+        module_output_name="token_embeddings", model_kwargs={"dtype": getattr(torch, dtype)},
     )
     model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "lasttoken")], device="cpu")
     encoder = PromptEncoder(transformer.tokenizer, PROMPTS["prompteol"][0], tp=False)
     return lambda texts: model.encode([encoder.fill(t) for t in texts], batch_size=32)
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """GFLOP/s of an n x n matmul in `dtype` on this process's threads (best of `reps`): the machine's roofline."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    best = min(_seconds(lambda: a @ b) for _ in range(reps))
+    return 2 * n**3 / best / 1e9
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def native_flops(decoder, lengths: list[int]) -> int:
+    """Useful FLOPs of ST native on prompts of these lengths: every layer on every real token (bench_gpu.model_flops'
+    conventions: linear weights x 2 per token, 4 x attention width per causal (query, key) pair)."""
+    from torch import nn
+
+    layers = decoder.layers
+    per_token = sum(m.weight.numel() for layer in layers for m in layer.modules() if isinstance(m, nn.Linear))
+    cfg = decoder.config
+    width = cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    pairs = sum(n * (n + 1) // 2 for n in lengths)
+    return 2 * sum(lengths) * per_token + 4 * width * pairs * len(layers)
+
+
+def tp_flops(model, texts: list[str]) -> int:
+    """Useful FLOPs of st_tp's encode on `texts` (batches of 32, longest first, as encode sorts them)."""
+    from benchmarks.bench_gpu import batches, model_flops
+
+    return sum(sum(model_flops(model[0], features).values()) for features in batches(model[0], texts, 32, "cpu"))
 
 
 def real_main(args, base: str) -> None:
@@ -149,54 +196,67 @@ def real_main(args, base: str) -> None:
     from transformers import AutoConfig
 
     import st_tp
+    from st_tp.config import resolve_dtype
+    from st_tp.decoder import find_decoder
 
     total_layers = AutoConfig.from_pretrained(base).num_hidden_layers
-    variants = real_variants(total_layers)
-    if args.only:  # a subset, for more rounds of the comparisons that matter (the ratios that need others are left out)
-        unknown = set(args.only) - set(variants)
-        if unknown:
-            raise SystemExit(f"--only: unknown variants {sorted(unknown)}; choose from {', '.join(variants)}")
-        variants = {name: settings for name, settings in variants.items() if name in {"st_native", "vanilla_last", *args.only}}
-    fns = {}
+    variants = real_variants(total_layers, args.prompt_methods)
+    fns, flops = {}, {}
+    texts = {name: workload(name, args.sentences) for name in variants}
     for name, settings in variants.items():
-        if settings.get("native"):
-            fns[name] = st_native(base)
+        settings = dict(settings)
+        if settings.pop("native", False):
+            fns[name] = st_native(base, settings["dtype"])
         else:
-            model = st_tp.build(base, dtype="float32", device="cpu", **settings)
+            model = st_tp.build(base, device="cpu", **settings)
             fns[name] = functools.partial(model.encode, batch_size=32)
+            flops[name] = tp_flops(model, texts[name])
+            if name == "vanilla_last_float32":
+                module = model[0]
+                lengths = [len(module.prompt_encoders(False)[0].encode(t).input_ids) for t in texts["st_native_float32"]]
+                flops["st_native_float32"] = flops["st_native_bfloat16"] = native_flops(find_decoder(module.auto_model), lengths)
     check = sentences(64)
-    a, b = fns["st_native"](check), fns["vanilla_last"](check)
+    a, b = fns["st_native_float32"](check), fns["vanilla_last_float32"](check)
     agreement = float(np.min((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
     for name, fn in fns.items():  # warm-up (and prefix caches)
         fn(workload(name, 16))
-    texts = {name: workload(name, args.sentences) for name in fns}
+    peaks = {dtype: matmul_peak(getattr(torch, dtype)) for dtype in DTYPES}  # before the timings ...
     times = time_rounds({name: functools.partial(fn, texts[name]) for name, fn in fns.items()}, args.rounds)
+    peaks = {dtype: max(peaks[dtype], matmul_peak(getattr(torch, dtype))) for dtype in DTYPES}  # ... and after
     med = {name: statistics.median(times[name]) / len(texts[name]) for name in fns}
-    exit_layer = paper_exit(total_layers)
-    native_ratios = {"st_tp vanilla PromptEOL at -1 / ST native (goal <= 0.78)": "vanilla_last"}
-    if "prompteol_auto" in med:
-        native_ratios[f"st_tp TP PromptEOL (1..6, exit {exit_layer}, defaults) / ST native (goal <= 0.70)"] = "prompteol_auto"
+    default_dtype = str(resolve_dtype("auto", "cpu")).removeprefix("torch.")
+    paper = paper_setting(total_layers)
+    tp_label = f"st_tp TP PromptEOL ({paper['tp_start']}..{paper['tp_end'] - 1}, exit {paper['output_layer']}, defaults)"
     ratios = {}
-    for label, name in native_ratios.items():  # same workload on both sides: per-round times compare directly
-        ratios[label] = med[name] / med["st_native"]
-        median, low, high = paired_ratios(times, name, "st_native")
+
+    def paired(label: str, numerator: str, denominator: str) -> None:  # same workload: per-round times compare directly
+        ratios[label] = med[numerator] / med[denominator]
+        median, low, high = paired_ratios(times, numerator, denominator)
         ratios[f"  the same, median of the {args.rounds} per-round ratios (min {low:.3f}, max {high:.3f})"] = median
-    for method in CACHE_METHODS:
-        if {f"{method}_auto", f"{method}_cache", f"{method}_nocache"} <= set(med):
-            ratios[f"{method}: TP defaults (prefix_cache auto) / TP without cache (goal <= 1.00)"] = med[f"{method}_auto"] / med[f"{method}_nocache"]
-            ratios[f"  {method}: TP cache forced on / off"] = med[f"{method}_cache"] / med[f"{method}_nocache"]
-    for method in ("ke", "metaeol"):
-        if {f"{method}_auto", f"{method}_nocache"} <= set(med):
-            ratios[f"{method}: throughput defaults / without cache (goal >= {1.5 if method == 'ke' else 2})"] = (
-                med[f"{method}_nocache"] / med[f"{method}_auto"])
-    intro = (f"Model: {args.model} ({total_layers} layers). Machine: {MACHINE}; {args.rounds} interleaved rounds, "
-             f"medians per sentence; {args.sentences} STS-B test sentences (KE half, MetaEOL an eighth), batch 32. "
-             f"ST native and st_tp vanilla at -1 agree: min cosine {agreement:.6f} over 64 sentences.")
-    rows = {name: [f"{1000 * med[name]:.2f}"] for name in fns}
-    title = f"bench_speed.py --model {args.model}" + (f" --only {','.join(args.only)}" if args.only else "")
-    publish(f"{title} (CPU)", intro, ["median ms / sentence"], rows, ratios,
-            {"median_s_per_sentence": med, "ratios": ratios, "min_cosine_native_vs_vanilla": agreement,
-             "seconds_per_round": times}, args.write)
+
+    paired("st_tp vanilla PromptEOL at -1 / ST native, float32 (goal <= 0.78)", "vanilla_last_float32", "st_native_float32")
+    for dtype in DTYPES:
+        paired(f"{tp_label} / ST native, both {dtype} (goal <= 0.70)", f"tp_{dtype}", f"st_native_{dtype}")
+    paired(f"st_tp TP at its default dtype ({default_dtype} here) / st_tp TP float32 (goal <= 0.55)", "tp_default", "tp_float32")
+    paired(f"st_tp TP at its default dtype ({default_dtype}) / ST native float32 (what a plain ST user gets)", "tp_default", "st_native_float32")
+    for method in CACHE_METHODS if args.prompt_methods else ():
+        ratios[f"{method}: TP defaults (prefix_cache auto) / TP without cache (goal <= 1.00)"] = med[f"{method}_auto"] / med[f"{method}_nocache"]
+        ratios[f"  {method}: TP cache forced on / off"] = med[f"{method}_cache"] / med[f"{method}_nocache"]
+    gflops = {name: flops[name] / statistics.median(times[name]) / 1e9 for name in flops}
+    dtype_of = {name: settings.get("dtype", default_dtype) for name, settings in variants.items()}
+    intro = (f"Model: {args.model} ({total_layers} layers). Machine: {MACHINE.removesuffix(', CPU float32')}; "
+             f"{args.rounds} interleaved rounds, medians per sentence; {args.sentences} STS-B test sentences, batch 32. "
+             f"ST native and st_tp vanilla at -1 agree: min cosine {agreement:.6f} over 64 sentences. Roofline measured "
+             f"in the same run (2048x2048 matmul, best of 5, before and after the timings): "
+             + ", ".join(f"{dtype} {peaks[dtype]:.1f} GFLOP/s" for dtype in DTYPES)
+             + ". GFLOP/s count useful FLOPs only (bench_gpu.model_flops; ST native: every layer on every real token); "
+             "CPU MFU = GFLOP/s / the roofline of the variant's dtype.")
+    rows = {name: [dtype_of[name], f"{1000 * med[name]:.2f}",
+                   f"{gflops[name]:.1f}" if name in gflops else "",
+                   f"{100 * gflops[name] / peaks[dtype_of[name]]:.0f}%" if name in gflops else ""] for name in fns}
+    publish(f"bench_speed.py --model {args.model} (CPU)", intro, ["dtype", "median ms / sentence", "GFLOP/s", "CPU MFU"],
+            rows, ratios, {"median_s_per_sentence": med, "ratios": ratios, "min_cosine_native_vs_vanilla": agreement,
+                           "matmul_peak_gflops": peaks, "gflops": gflops, "seconds_per_round": times}, args.write)
 
 
 def publish(title: str, intro: str, columns: list[str], rows: dict[str, list[str]], ratios: dict, data: dict, write: bool) -> None:
@@ -215,8 +275,8 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=192)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--model", default="random", help="random (a random 512x16 Llama) or packaged:<name>")
-    parser.add_argument("--only", type=lambda text: text.split(","), default=None,
-                        help="real-model mode: time only these variants (with st_native and vanilla_last), e.g. prompteol_auto")
+    parser.add_argument("--prompt-methods", action="store_true",
+                        help="real-model mode: also every prompt method with prefix_cache auto/True/False (float32)")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)

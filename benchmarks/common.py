@@ -23,11 +23,6 @@ SHAPES = {
 }
 
 
-def paper_exit(total_layers: int) -> int:
-    """The paper's exit layer (27 of Llama-2-7B's 32) scaled to a model of `total_layers`."""
-    return round(27 / 32 * total_layers)
-
-
 def make_base(folder: Path, shape: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> str:
     """A random Llama of `shape` with the real Llama-2 tokenizer, initialised in `dtype` on `device`, saved."""
     from transformers import AutoModel, AutoTokenizer, LlamaConfig

@@ -17,7 +17,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import paper_exit, sentences  # noqa: E402
+from benchmarks.common import sentences  # noqa: E402
+from st_tp.config import paper_setting  # noqa: E402
 
 # Operator name prefixes -> region. Self time is summed, so nothing is counted twice.
 REGIONS = {
@@ -55,8 +56,9 @@ def main() -> None:
     base = resolve_base_model(args.model).path
     layers = AutoConfig.from_pretrained(base).num_hidden_layers
     cache = {"auto": "auto", "true": True, "false": False}[args.prefix_cache]
-    exit_layer = paper_exit(layers)
-    model = st_tp.build(base, tp_end=7, output_layer=exit_layer, prefix_cache=cache, dtype="float32", device="cpu")
+    paper = paper_setting(layers)
+    exit_layer = paper["output_layer"]
+    model = st_tp.build(base, **paper, prefix_cache=cache, dtype="float32", device="cpu")
     module = model[0]
     texts = sentences(args.batch)
     module.forward(module.preprocess(texts))  # warm-up

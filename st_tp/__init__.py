@@ -10,6 +10,9 @@ _EXPORTS = {
     "TPConfig": "st_tp.config",
     "TokenPrepending": "st_tp.module",
     "build": "st_tp.builder",
+    "CorpusOptions": "st_tp.corpus",
+    "embed_corpus": "st_tp.corpus",
+    "embed_dataset": "st_tp.ray_engine",  # Ray is imported only when this is called
     "load_preset": "st_tp.config",
     "tp_forward": "st_tp.forward",
 }

@@ -30,8 +30,7 @@ def build(
         gguf_file: a GGUF file inside the `base_model` folder; tokenizer, config and weights are read from it (once,
             then cached as a plain folder), and the saved model is an ordinary st_tp folder.
         model_kwargs: extra arguments for the HF model loader (e.g. attn_implementation, device_map).
-        **overrides: TPConfig keys: prompt_method, template, templates, tp, tp_start, tp_end, output_layer, pst_init,
-            preprocess, dtype, device, max_seq_length, prefix_cache, num_pst, mask_pst_first_layer, tp_resume_layer.
+        **overrides: any TPConfig key (st_tp.config.TPConfig lists them, with what each does).
     """
     if isinstance(config, TPConfig):
         tp_config = config
@@ -41,7 +40,7 @@ def build(
         tp_config = TPConfig()
     tp_config = tp_config.replace(**overrides)
     base = resolve_base_model(base_model, gguf_file)
-    module = TokenPrepending(base.path, tp_config, model_kwargs=model_kwargs, base_model_name=base.name)
+    module = TokenPrepending(base.path, tp_config, model_kwargs=model_kwargs, base_model=base.name)
     # The named templates are also the model's sentence-transformers prompts, so prompt_name=, encode_query/
     # encode_document and MTEB's query/document prompt types find them (TokenPrepending reads a prompt that holds
     # '{text}' as a template).

@@ -1,4 +1,4 @@
-"""`st-tp`: build a TP model from a preset, encode a file, run MTEB, sweep tp_end x output_layer.
+"""`st-tp`: build a TP model from a preset, encode a file, run MTEB, sweep tp_end x output_layer, manage the cache.
 
 Every input is checked before any model loads (a missing file, a mistyped folder, a GPU that is not there), and
 each mistake ends in one `st-tp: error: ...` line that names the fix. Heavy imports (torch, transformers, mteb)
@@ -8,6 +8,7 @@ happen inside the commands, so `st-tp --help` answers at once.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 from pathlib import Path
@@ -49,7 +50,9 @@ def find_preset(name_or_path: str) -> Path:
         if candidate.is_file():
             return candidate
     available = sorted({p.stem for folder in PRESET_DIRS if folder.is_dir() for p in folder.glob("*.yaml")})
-    raise CliError(f"--config {name_or_path}: no such preset file or name. Presets: {', '.join(available) or 'none found'}.")
+    close = difflib.get_close_matches(Path(name_or_path).name.removesuffix(".yaml"), available, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else "."
+    raise CliError(f"--config {name_or_path}: no such preset file or name{hint} Presets: {', '.join(available) or 'none found'}.")
 
 
 def _check_device(device: str | None) -> None:
@@ -65,9 +68,10 @@ def _check_device(device: str | None) -> None:
 
 
 def _check_model(name: str) -> None:
-    from st_tp.base_model import check_local_path
+    """A folder, a packaged name, a cached hub id or one the hub has: else one line now, not a minute of retries."""
+    from st_tp.base_model import check_model_reachable
 
-    check_local_path(name)
+    check_model_reachable(name)
 
 
 def _npy_path(output: str) -> Path:
@@ -106,12 +110,36 @@ def cmd_build(args: argparse.Namespace) -> None:
     print(f"Saved a Token Prepending model ({base}; {c.prompt_method}, {setting}, output_layer {c.output_layer}) to {args.out}")
 
 
+def _corpus_options(args: argparse.Namespace):
+    from st_tp.corpus import CorpusOptions
+
+    keep = tuple(c.strip() for c in args.keep_columns.split(",") if c.strip())
+    return CorpusOptions(text_column=args.text_column, id_column=args.id_column, keep_columns=keep,
+                         batch_size=args.batch_size, shard_size=args.shard_size, device=args.device,
+                         normalize=args.normalize, output_dtype=args.output_dtype,
+                         on_bad_row="skip" if args.skip_empty else args.on_bad_row, engine=args.engine,
+                         actors=args.actors, cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
+                         address=args.address)
+
+
 def cmd_encode(args: argparse.Namespace) -> None:
-    lines = _existing_file(args.input, "--input").read_text(encoding="utf-8").splitlines()
+    """A folder --output (DIR/) gets the streamed, resumable Parquet dataset; anything else one .npy, in memory."""
+    from st_tp.corpus import CorpusInput
+
+    options = _corpus_options(args)
+    source = CorpusInput.resolve(args.input)
+    if args.output.endswith(("/", os.sep)) or Path(args.output).is_dir():
+        return _encode_dataset(args, source, options)
+    if args.engine == "ray":
+        raise CliError(f"--engine ray writes a Parquet dataset: give --output a folder ending in / "
+                       f"(e.g. --output {args.output.removesuffix('.npy')}/).")
     output = _npy_path(args.output)
     _check_model(args.model)
     _check_device(args.device)
-    sentences = [line for line in lines if line.strip()] if args.skip_empty else lines
+    from st_tp.corpus import read_all_texts
+
+    txt = source.format == "txt"
+    sentences, read, skipped = read_all_texts(args.input, options, allow_empty=txt and not args.skip_empty)
     if not sentences:
         raise CliError(f"--input {args.input}: no sentences to embed.")
     import numpy as np
@@ -120,12 +148,32 @@ def cmd_encode(args: argparse.Namespace) -> None:
     model = SentenceTransformer(args.model, trust_remote_code=True, device=args.device)
     embeddings = model.encode(sentences, batch_size=args.batch_size, show_progress_bar=True,
                               normalize_embeddings=args.normalize)
-    np.save(output, embeddings)
-    skipped = f" ({len(lines) - len(sentences)} empty lines skipped)" if args.skip_empty else ""
-    print(f"Read {len(lines)} lines from {args.input}{skipped}; wrote {embeddings.shape[0]} embeddings of dimension "
+    np.save(output, embeddings.astype(args.output_dtype, copy=False))
+    kind = "lines" if txt else "rows"
+    skipped_note = f" ({skipped} {'empty lines' if txt else 'bad rows'} skipped)" if skipped or args.skip_empty else ""
+    print(f"Read {read} {kind} from {args.input}{skipped_note}; wrote {embeddings.shape[0]} embeddings of dimension "
           f"{embeddings.shape[1]} to {output}")
     if args.similarity:
         print(similarity_table(sentences, model.similarity(embeddings, embeddings).numpy()))
+
+
+def _encode_dataset(args: argparse.Namespace, source, options) -> None:
+    """The corpus path: streamed in, shard by shard out, resumable; one process or Ray."""
+    if args.similarity:
+        raise CliError("--similarity prints every pair of a few lines; it needs an .npy --output, not a folder.")
+    if not Path(args.model).is_dir():
+        _check_model(args.model)
+        raise CliError(f"{args.model}: a dataset --output needs a saved model folder (st-tp build ... --out DIR), "
+                       "which every worker loads by path and a resume checks is unchanged.")
+    _check_device(args.device)
+    if options.engine == "ray":
+        from st_tp.ray_engine import import_ray
+
+        import_ray()
+    from st_tp.corpus import embed_corpus
+
+    summary = embed_corpus(source.spec, args.output, args.model, options)
+    print(summary.line(args.input))
 
 
 def similarity_table(sentences: list[str], scores) -> str:
@@ -168,9 +216,37 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_mteb(args: argparse.Namespace) -> None:
+    if not args.list:
+        for model in args.models:
+            _check_model(model)  # before importing mteb, which alone takes seconds
     from st_tp.evaluation.cli import run
 
     run(args)
+
+
+def cmd_cache(args: argparse.Namespace) -> None:
+    """What the GGUF conversions take on disk (one float32 copy per GGUF: 517 MiB for SmolLM2), and a way to free it."""
+    from st_tp.base_model import GGUF_CACHE, cache_entries, cache_root, clear_cache
+
+    root = cache_root() / GGUF_CACHE
+    if args.action == "clear":
+        removed = clear_cache()
+        print(f"Removed {len(removed)} folder(s), {_size(sum(e.size for e in removed))}, from {root}; "
+              "a later build converts its GGUF again.")
+        return
+    entries = cache_entries()
+    if not entries:
+        print(f"The st_tp cache {root} is empty ($ST_TP_CACHE moves it).")
+        return
+    print(f"st_tp cache {root} ($ST_TP_CACHE moves it):")
+    for entry in entries:
+        print(f"{_size(entry.size):>10}  {entry.path.name}  {entry.source}")
+    print(f"{_size(sum(e.size for e in entries)):>10}  in {len(entries)} folder(s); `st-tp cache clear` removes them.")
+
+
+def _size(n: int) -> str:
+    """Binary units, as `du -h` counts them."""
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 # ---- parser -----------------------------------------------------------------------------------------------------
@@ -191,15 +267,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gguf-file", help="a GGUF file inside the BASE folder to read tokenizer, config and weights from")
     p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("encode", help="embed a text file (one sentence per line) into a .npy matrix")
-    p.add_argument("model", help="a folder saved by `st-tp build` (or any SentenceTransformer model)")
-    p.add_argument("--input", required=True, help="text file, one sentence per line; row i of the output is line i")
-    p.add_argument("--output", required=True, help="the .npy file to write (.npy is appended if missing)")
+    p = sub.add_parser("encode", help="embed a text file into a .npy matrix, or a corpus into a Parquet dataset")
+    p.add_argument("model", help="a folder saved by `st-tp build` (or any SentenceTransformer model, .npy output only)")
+    p.add_argument("--input", required=True, help="a .txt (one text per line), .jsonl, .csv or .tsv file, or Parquet "
+                   "(a file, a folder or a glob); row i of a .npy output is input row i")
+    p.add_argument("--output", required=True, help="X.npy (.npy is appended if missing), or a folder DIR/ (trailing "
+                   "slash): a Parquet dataset of id, embedding and kept columns, written shard by shard, resumable")
     p.add_argument("--batch-size", type=int, default=16, help="sentences per forward pass (default 16)")
     p.add_argument("--device", help="torch device: cpu, cuda, cuda:1, mps (default: the best available)")
     p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
     p.add_argument("--skip-empty", action="store_true", help="skip blank lines (then rows no longer match line numbers)")
     p.add_argument("--similarity", action="store_true", help="also print the cosine similarity of every pair of lines")
+    p.add_argument("--text-column", default="text", help="column holding the text (default text; not for .txt)")
+    p.add_argument("--id-column", help="column carried to the output as `id` (default: the row number, from 0)")
+    p.add_argument("--keep-columns", default="", metavar="A,B", help="more input columns carried to the output")
+    p.add_argument("--output-dtype", default="float32", choices=["float32", "float16"],
+                   help="embedding dtype in the dataset (float16 halves it; default float32)")
+    p.add_argument("--shard-size", type=int, default=10_000, help="input rows per part file; the unit a resume "
+                   "skips (default 10000)")
+    p.add_argument("--on-bad-row", default="error", choices=["error", "skip"], help="a null, non-string or empty "
+                   "text: stop naming the row (default), or skip it and count it in the manifest")
+    p.add_argument("--engine", default="local", choices=["local", "ray"], help="local: this process (default); "
+                   'ray: Ray Data actors (pip install -e ".[ray]"), on this machine or --address')
+    p.add_argument("--actors", type=int, default=2, help="--engine ray: model replicas (default 2)")
+    p.add_argument("--cpus-per-actor", type=float, default=1, help="--engine ray: CPUs (and torch threads) per actor")
+    p.add_argument("--gpus-per-actor", type=float, default=0, help="--engine ray: GPUs per actor; > 0 runs on cuda, "
+                   "0 (default) on CPU with CUDA hidden")
+    p.add_argument("--address", help="--engine ray: the cluster to join (default $RAY_ADDRESS, else a local one)")
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("sweep", help="dev score for every tp_end x output_layer (+ vanilla); plots and best.yaml")
@@ -229,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="torch device: cpu, cuda, cuda:1, mps (default: the best available)")
     p.add_argument("--list", action="store_true", help="print the resolved task list and exit (no download)")
     p.set_defaults(func=cmd_mteb)
+
+    p = sub.add_parser("cache", help="list the GGUF conversions in st_tp's cache with their sizes, or clear them")
+    p.add_argument("action", nargs="?", default="list", choices=["list", "clear"],
+                   help="list (default) or clear: remove every converted folder (a later build converts again)")
+    p.set_defaults(func=cmd_cache)
     return parser
 
 
@@ -236,8 +335,9 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as error:  # configuration mistakes: one clear line, no traceback
-        print(f"st-tp: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # configuration mistakes and hub/disk errors: one clear line, no traceback
+        message = " ".join(str(error).split())  # transformers' hub errors span several lines
+        print(f"st-tp: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokeniz
 from transformers.utils import logging as hf_logging
 
 from st_tp.config import DTYPES, resolve_dtype
+from st_tp.hf_compat import truncate_config
 
 
 @contextlib.contextmanager
@@ -48,15 +49,6 @@ def load_config(model_name_or_path: str, config_kwargs: dict[str, Any] | None = 
     return hf_config
 
 
-def truncate_config(hf_config, layers_to_keep: int) -> None:
-    """Keep only the first `layers_to_keep` decoder layers; per-layer lists (e.g. layer_types) are cut alike."""
-    total = hf_config.num_hidden_layers
-    for name, value in list(vars(hf_config).items()):
-        if isinstance(value, list) and len(value) == total:
-            setattr(hf_config, name, value[:layers_to_keep])
-    hf_config.num_hidden_layers = layers_to_keep
-
-
 def model_dtype(model_kwargs: dict[str, Any], config_dtype: str, device: str | None) -> torch.dtype:
     """A dtype in model_kwargs (torch dtype or name) wins over the config's; 'auto' follows the device."""
     dtype = model_kwargs.pop("dtype", model_kwargs.pop("torch_dtype", None))
@@ -65,6 +57,23 @@ def model_dtype(model_kwargs: dict[str, Any], config_dtype: str, device: str | N
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"Unknown dtype {dtype!r} in model_kwargs. Allowed: {', '.join(DTYPES)}.")
     return resolve_dtype(dtype or config_dtype, device)
+
+
+def load_dtype(config_dtype: str, model_kwargs: dict[str, Any], device: str, hf_config,
+               keep_stored_dtype: bool) -> tuple[torch.dtype, bool]:
+    """(the dtype to load the weights in, whether it follows the device the module later moves to).
+
+    dtype 'auto' is a rule (config.resolve_dtype: the device decides), applied again when the module moves:
+    sentence-transformers picks the device only after loading. A saved model's weights then load as stored, without
+    rounding. An explicit dtype, a quantization config or a device map fixes the dtype for good. Pops the dtype
+    keys of `model_kwargs`."""
+    follows_device = config_dtype == "auto" and not (
+        {"dtype", "torch_dtype", "quantization_config", "device_map"} & set(model_kwargs))
+    dtype = model_dtype(model_kwargs, config_dtype, device)
+    stored = getattr(hf_config, "dtype", None)
+    if follows_device and keep_stored_dtype and isinstance(stored, torch.dtype):
+        dtype = stored
+    return dtype, follows_device
 
 
 def load_pruned_model(model_name_or_path: str, hf_config, layers_to_run: int, dtype: torch.dtype,

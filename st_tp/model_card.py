@@ -1,13 +1,18 @@
-"""The model card a saved st_tp model carries: training-free TP over a named base, its settings, and a load line that
-works (`pip install st_tp`, `trust_remote_code=True`), instead of sentence-transformers' "finetuned from" card."""
+"""The model card a saved st_tp model carries: training-free TP over a named base, its settings, and install and load
+lines that work (st_tp from its repository, since no package index has it; `trust_remote_code=True`), instead of
+sentence-transformers' "finetuned from" card."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sentence_transformers.sentence_transformer.model_card import SentenceTransformerModelCardData
+
+# Shown until the project declares its repository (a `Repository` entry under [project.urls] in pyproject.toml).
+REPOSITORY_PLACEHOLDER = "https://github.com/<owner>/st_tp"
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -25,6 +30,8 @@ class TPModelCardData(SentenceTransformerModelCardData):
     tp_base_model_hub: str | None = None
     tp_settings: dict[str, Any] = field(default_factory=dict)
     tp_templates: dict[str, str] = field(default_factory=dict)
+    tp_base_requires: str | None = None
+    tp_repository: str = REPOSITORY_PLACEHOLDER
     template_path: Path = field(default=Path(__file__).parent / "templates" / "model_card.md", init=False, repr=False)
 
 
@@ -39,7 +46,23 @@ def attach_model_card(model: SentenceTransformer, base: BaseModel, tp_config: TP
         tp_base_model_hub=base.hub_id,
         tp_settings=settings,
         tp_templates=dict(tp_config.templates or {}),
+        tp_base_requires=base.requires,
+        tp_repository=repository_url(),
     )
     card.base_model = base.hub_id
     model.model_card_data = card
     card.register_model(model)
+
+
+def repository_url() -> str:
+    """Where st_tp's source lives, for the card's install line: the installed package's `Repository` URL if the
+    project declares one, else a placeholder for the owner to fill in."""
+    try:
+        urls = metadata("st_tp").get_all("Project-URL") or []
+    except PackageNotFoundError:
+        return REPOSITORY_PLACEHOLDER
+    for entry in urls:
+        label, _, url = entry.partition(",")
+        if label.strip().lower() in ("repository", "source") and url.strip():
+            return url.strip()
+    return REPOSITORY_PLACEHOLDER

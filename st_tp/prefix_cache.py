@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
 
-from st_tp.forward import find_decoder
+from st_tp.decoder import find_decoder
+from st_tp.hf_compat import cache_holding, keys_and_values
 
 
 @dataclass
@@ -28,13 +29,10 @@ class PrefixKV:
     @classmethod
     @torch.no_grad()
     def compute(cls, model: nn.Module, prefix_ids: list[int], device) -> PrefixKV:
-        decoder = find_decoder(model)
-        ids = torch.tensor([prefix_ids], device=device)
         # Full (never sliding) cache layers: a sliding-window layer's cache keeps only its last `window - 1` keys, so a
         # prefix longer than the window would lose its head, and the mask offsets would count from the wrong place.
-        cache = DynamicCache()
-        decoder(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache, use_cache=True)
-        return cls(length=len(prefix_ids), layers=[(layer.keys, layer.values) for layer in cache.layers])
+        layers = keys_and_values(find_decoder(model), torch.tensor([prefix_ids], device=device))
+        return cls(length=len(prefix_ids), layers=layers)
 
     def head(self, length: int) -> PrefixKV:
         """The cache of the first `length` prefix tokens: a causal prefix's first keys/values ignore the rest."""
@@ -44,13 +42,14 @@ class PrefixKV:
             raise ValueError(f"A prefix of {self.length} tokens has no head of {length} tokens.")
         return PrefixKV(length, [(k[:, :, :length], v[:, :, :length]) for k, v in self.layers])
 
-    def expand(self, batch_size: int) -> DynamicCache:
-        """A fresh cache for one batch (a forward appends to it, so it is never shared). Its layers are full ones:
-        the model's masks then see every prefix key and apply any sliding window by absolute position."""
-        cache = DynamicCache()
-        for index, (keys, values) in enumerate(self.layers):
-            cache.update(keys.expand(batch_size, -1, -1, -1), values.expand(batch_size, -1, -1, -1), index)
-        return cache
+    def for_batch(self, attention_mask: Tensor, cache_rows: int) -> tuple[DynamicCache, Tensor]:
+        """A fresh cache for one batch (a forward appends to it, so it is never shared) with `cache_rows` copies of the
+        prefix (packed rows share one; padded rows need one each), and the batch's mask with the prefix columns in
+        front. The cache's layers are full ones: the model's masks then see every prefix key and apply any sliding
+        window by absolute position."""
+        cache = cache_holding([(k.expand(cache_rows, -1, -1, -1), v.expand(cache_rows, -1, -1, -1)) for k, v in self.layers])
+        mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], self.length), attention_mask], dim=1)
+        return cache, mask
 
 
 class PrefixCacheStore:

@@ -210,3 +210,22 @@ class PromptEncoder:
             else:
                 high = keep - 1
         return fitting
+
+
+class PromptEncoderCache:
+    """The PromptEncoders of one model, per (form, templates): built on first use and kept (the oldest set is
+    forgotten after `max_sets`, for callers that pass many distinct instructions)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, placeholder_id: int, max_sets: int = 64, **settings) -> None:
+        self.tokenizer, self.placeholder_id, self.max_sets = tokenizer, placeholder_id, max_sets
+        self.settings = settings  # PromptEncoder keywords: num_pst, preprocess, max_seq_length, parse_special_tokens
+        self._sets: dict[tuple[bool, tuple[str, ...]], list[PromptEncoder]] = {}
+
+    def get(self, tp: bool, templates: tuple[str, ...]) -> list[PromptEncoder]:
+        key = (tp, tuple(templates))
+        if key not in self._sets:
+            if len(self._sets) >= self.max_sets:
+                self._sets.pop(next(iter(self._sets)))
+            self._sets[key] = [PromptEncoder(self.tokenizer, template, tp=tp, placeholder_id=self.placeholder_id,
+                                             **self.settings) for template in templates]
+        return self._sets[key]

@@ -14,7 +14,10 @@ from collections.abc import Collection
 import torch
 from torch import Tensor, nn
 
-from st_tp.forward import find_decoder, install_hooks, last_token_positions, real_token_indices, unpack
+from st_tp.decoder import final_norm, find_decoder, last_token_positions, real_token_indices
+from st_tp.forward import install_hooks
+from st_tp.hf_compat import layer_hidden_states, layer_output_hidden_states, with_cache
+from st_tp.packing import unpack
 from st_tp.prefix_cache import PrefixKV
 
 
@@ -43,7 +46,7 @@ class LayerRecorder:
     def _hook(self, index: int):
         def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
             if index in self.save_inputs:
-                self.inputs[index] = args[0] if args else kwargs["hidden_states"]
+                self.inputs[index] = layer_hidden_states(args, kwargs)
             self.calls[index] = (args[1:], kwargs)
 
         return record
@@ -55,24 +58,22 @@ def continue_layers(
     """Run layers start.. (no TP) from the input recorded at `start`; {hidden_states index: last-token states} for
     every index after `start`, the final-normed output included."""
     decoder = find_decoder(model)
-    if not isinstance(getattr(decoder, "norm", None), nn.Module):
-        raise ValueError(f"{type(decoder).__name__} has no final `norm` module; the sweep needs it for output_layer=-1.")
+    norm = final_norm(decoder)
     hidden = recorder.inputs[start]
     batch, seq_len = attention_mask.shape
     if tuple(hidden.shape[:2]) != (batch, seq_len):  # recorded in a packed pass (real tokens only): pad it again
         hidden = unpack(hidden, real_token_indices(attention_mask), batch, seq_len)
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     last = last_token_positions(attention_mask)
-    # The recorded cache already holds the full run's keys; a resumed run starts again from the bare prefix.
-    cache = prefix.expand(hidden.shape[0]) if prefix is not None else None
+    # The recorded cache already holds the full run's keys; a resumed run starts again from the bare prefix, one copy
+    # per (padded) row. The recorded mask already has the prefix columns in front.
+    cache = prefix.for_batch(attention_mask, batch)[0] if prefix is not None else None
     captured = {}
     for index in range(start, len(decoder.layers)):
         args, kwargs = recorder.calls[index]
-        if cache is not None:
-            kwargs = dict(kwargs, past_key_values=cache)
-        output = decoder.layers[index](hidden, *args, **kwargs)
-        hidden = output[0] if isinstance(output, tuple) else output
+        layer = decoder.layers[index]
+        hidden = layer_output_hidden_states(layer(hidden, *args, **with_cache(layer, kwargs, cache)))
         captured[index + 1] = hidden[rows, last]
-    captured[len(decoder.layers)] = decoder.norm(hidden)[rows, last]
+    captured[len(decoder.layers)] = norm(hidden)[rows, last]
     return captured
 

@@ -24,7 +24,7 @@ from st_tp.base_model import resolve_base_model
 from st_tp.config import TPConfig, resolve_device
 from st_tp.data import read_pairs
 from st_tp.forward import run_layers
-from st_tp.module import TokenPrepending
+from st_tp.module import TemplateBatch, TokenPrepending, average_over_templates
 from st_tp.resume import LayerRecorder, continue_layers
 
 VANILLA = "vanilla"
@@ -36,6 +36,19 @@ class SweepResult:
     total_layers: int
     metric: str
     tp_start: int
+
+    @classmethod
+    def read_csv(cls, path: str | Path, metric: str = "spearman", tp_start: int = 1) -> SweepResult:
+        """A sweep's grid.csv (as `write_outputs` writes it) read back."""
+        with open(path, newline="") as f:
+            header, *rows = list(csv.reader(f))
+        scores = {(row[0] if row[0] == VANILLA else int(row[0])): [float(v) for v in row[1:]] for row in rows}
+        return cls(scores=scores, total_layers=len(header) - 2, metric=metric, tp_start=tp_start)
+
+    def best_vanilla(self) -> int:
+        """The output layer of the best vanilla cell (NaN cells never win)."""
+        row = self.scores[VANILLA]
+        return max((k for k, v in enumerate(row) if np.isfinite(v)), key=lambda k: row[k])
 
     def best(self) -> tuple[int, int, float]:
         """(tp_end, output_layer, score) of the best TP cell. NaN cells (e.g. layer 0: every prompt ends in the
@@ -72,20 +85,15 @@ def sweep(
     if metric not in ("spearman", "pearson"):
         raise ValueError(f"metric must be 'spearman' or 'pearson', got {metric!r}.")
     tp_ends = sorted(set(tp_ends))
-    if not tp_ends or tp_ends[0] <= tp_start:
-        raise ValueError(f"every tp_end must be greater than tp_start={tp_start}; got {tp_ends}.")
+    if not tp_ends:
+        raise ValueError("give at least one tp_end (e.g. --tp-end 2..12).")
+    # TPConfig checks the smallest tp_end against tp_start, and the module the largest against the model's depth.
     config = TPConfig(prompt_method=prompt_method if template is None else "custom", template=template, tp_start=tp_start,
-                      tp_end=tp_ends[-1], output_layer=-1, dtype=dtype, device=device)
-    module = TokenPrepending(resolve_base_model(base_model, gguf_file).path, config)
+                      tp_end=tp_ends[0], output_layer=-1, dtype=dtype, device=device)
+    module = TokenPrepending(resolve_base_model(base_model, gguf_file).path, config.replace(tp_end=tp_ends[-1]))
     module.to(resolve_device(device))
     device = module.pst_embedding.device
     total_layers = module.total_layers
-    if tp_ends[-1] > total_layers:
-        raise ValueError(
-            f"tp_end {[e for e in tp_ends if e > total_layers]} exceeds the model's {total_layers} decoder layers (TP can "
-            f"act before layers {tp_start}..{total_layers - 1} only; larger values would repeat tp_end={total_layers}). "
-            f"Use e.g. --tp-end {tp_start + 1}..{total_layers}."
-        )
     s1, s2, gold = read_pairs(dev, limit, sample)
     order = np.argsort([-(len(a) + len(b)) for a, b in zip(s1, s2, strict=True)])  # length-sorted pairs: little padding
     every_layer = range(total_layers + 1)
@@ -94,7 +102,7 @@ def sweep(
     for pair_ids in tqdm(batches, desc=f"sweep ({len(tp_ends)} tp_end{' + vanilla' if include_vanilla else ''})", disable=not show_progress_bar):
         texts = [s1[i] for i in pair_ids] + [s2[i] for i in pair_ids]
         with torch.inference_mode():
-            cells = _tp_cells(module, batch_to_device(module.preprocess(texts, tp=True), device), tp_start, tp_ends)
+            cells = _tp_cells(module, batch_to_device(module.preprocess(texts, tp=True), device), tp_ends)
             if include_vanilla:
                 vanilla = module.last_token_states(batch_to_device(module.preprocess(texts, tp=False), device), every_layer)
                 cells.update({(VANILLA, k): v for k, v in vanilla.items()})
@@ -108,27 +116,26 @@ def sweep(
     return SweepResult(scores=scores, total_layers=total_layers, metric=metric, tp_start=tp_start)
 
 
-def _tp_cells(module: TokenPrepending, features: dict, tp_start: int, tp_ends: list[int]) -> dict:
+def _tp_cells(module: TokenPrepending, features: dict, tp_ends: list[int]) -> dict:
     """Last-token states for every (tp_end, k), averaged over the templates: one full pass at max(tp_ends) per
     template, recorded; every smaller tp_end resumes from that pass's input to its layer tp_end."""
     largest, total_layers = tp_ends[-1], module.total_layers
-    batches = module.template_batches(features)
-    cells: dict = {}
-    for batch in batches:
+
+    def run(batch: TemplateBatch) -> dict:
         with LayerRecorder(module.auto_model, [e for e in tp_ends[:-1] if e < total_layers]) as recorder:
             captured = run_layers(
                 module.auto_model, batch.input_ids, batch.attention_mask, batch.pst_positions,
-                tp_layers=range(tp_start, largest), capture=range(total_layers + 1), pst_embedding=module.pst_embedding,
+                tp_layers=module.tp_layers, capture=range(total_layers + 1), pst_embedding=module.pst_embedding,
                 prefix=batch.prefix, total_layers=total_layers, whole_inputs=recorder.save_inputs,
             )
-        per_template = {(largest, k): v for k, v in captured.items()}
+        cells = {(largest, k): v for k, v in captured.items()}
         for e in tp_ends[:-1]:
             resumed = continue_layers(module.auto_model, recorder, e, batch.attention_mask, batch.prefix) if e < total_layers else {}
             for k in range(total_layers + 1):  # states at or before layer e saw exactly the TP layers of this tp_end
-                per_template[(e, k)] = resumed[k] if k > e else captured[k]
-        for key, value in per_template.items():
-            cells[key] = cells.get(key, 0) + value.float() / len(batches)
-    return cells
+                cells[(e, k)] = resumed[k] if k > e else captured[k]
+        return cells
+
+    return average_over_templates(module.template_batches(features), run)
 
 
 def write_outputs(result: SweepResult, out: str | Path, base_model: str, prompt_method: str, dev: str) -> None:

@@ -41,3 +41,29 @@ def data_dir() -> Path:
 def tiny_llama() -> str:
     """The shipped 4-layer random Llama with the real Llama-2 tokenizer."""
     return str(TINY_LLAMA)
+
+
+@pytest.fixture(scope="session")
+def backbones(tmp_path_factory, tiny_llama) -> dict[str, str]:
+    """A tiny random decoder of every supported family (tests/tiny_models.py), saved once per session."""
+    from tests.tiny_models import ARCHS, make_tiny
+
+    root = tmp_path_factory.mktemp("backbones")
+    return {arch: make_tiny(arch, root / arch, tiny_llama) for arch in ARCHS}
+
+
+def pytest_sessionstart(session) -> None:
+    """The releases st_tp drives, printed before any test (even under -q), so a red CI run says at once which one
+    changed (.ci/run installs the newest that pyproject allows)."""
+    from importlib.metadata import version
+
+    names = ("torch", "transformers", "sentence-transformers", "mteb", "tokenizers", "huggingface-hub")
+    installed = []
+    for name in names:
+        try:
+            installed.append(f"{name} {version(name)}")
+        except Exception:  # not installed
+            installed.append(f"{name} absent")
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("st_tp test run with " + ", ".join(installed))

@@ -33,6 +33,7 @@ def transformers_gguf_model(smollm2_gguf):
     return AutoModel.from_pretrained(folder, gguf_file=name, dtype=torch.float32)  # dequantized by transformers itself
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tp", [True, False])
 def test_build_from_gguf_equals_transformers_own_gguf_load(smollm2_gguf, transformers_gguf_model, tp):
     """st_tp.build(folder, gguf_file=...) gives what transformers' GGUF model gives through the TP forward (float32)."""
@@ -52,6 +53,7 @@ def test_build_from_gguf_equals_transformers_own_gguf_load(smollm2_gguf, transfo
         np.testing.assert_allclose(got[row], expected[0].numpy(), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_saved_gguf_model_loads_without_gguf(smollm2_gguf, tmp_path):
     folder, name = smollm2_gguf
     model = st_tp.build(folder, gguf_file=name, tp_end=3, output_layer=10, dtype="float32", device="cpu")
@@ -62,6 +64,7 @@ def test_saved_gguf_model_loads_without_gguf(smollm2_gguf, tmp_path):
     assert len(loaded[0].auto_model.layers) == 10  # pruned at the exit, as for any base model
 
 
+@pytest.mark.slow
 def test_packaged_name_resolves_to_the_same_conversion(smollm2_gguf):
     folder, name = smollm2_gguf
     packaged = resolve_base_model("packaged:smollm2-135m")

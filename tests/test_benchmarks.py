@@ -75,3 +75,14 @@ def test_gpu_benchmark_smoke_run_on_cpu(data_dir):
     assert result["rows"]["tp"]["weights_gib"] < result["rows"]["vanilla_last"]["weights_gib"]
     with pytest.raises(SystemExit):  # CPU figures are never written into the GPU section
         main(["--shapes", "tiny", "--device", "cpu", "--write"])
+
+
+def test_corpus_benchmark_smoke_run(data_dir):
+    """benchmarks/bench_corpus.py at a tiny size (the tiny model, 48 rows, one RSS size, no Ray): it runs, both
+    paths give the plain .npy's embeddings, and the figures it prints are there."""
+    from benchmarks.bench_corpus import main as bench_corpus
+
+    result = bench_corpus(["--model", "tiny", "--rows", "48", "--rounds", "1", "--rss-rows", "300", "--skip-ray"])
+    assert result["max_abs_diff"]["local"] < 1e-5
+    assert set(result["median_s"]) == {"plain model.encode (.npy)", "one-process streaming (2 threads)"}
+    assert any(k.startswith("one-process streaming / plain") for k in result["ratios"]) and result["peak_rss_mib"][300] > 0

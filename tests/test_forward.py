@@ -7,15 +7,10 @@ from torch import nn
 from transformers import AutoModel, BertConfig, BertModel
 
 import st_tp
-from st_tp.forward import find_decoder, install_hooks, last_token_positions, resolve_layer, tp_forward
+from st_tp.decoder import find_decoder, last_token_positions, resolve_layer
+from st_tp.forward import install_hooks, tp_forward
 from st_tp.reference import naive_tp_forward
-from tests.tiny_models import ARCHS, make_tiny
-
-
-@pytest.fixture(scope="module")
-def backbones(tmp_path_factory, tiny_llama):
-    root = tmp_path_factory.mktemp("backbones")
-    return {arch: make_tiny(arch, root / arch, tiny_llama) for arch in ARCHS}
+from tests.tiny_models import ARCHS
 
 
 def _batch(seed=0, lengths=(11, 7, 15)):
@@ -219,7 +214,8 @@ def test_masking_pst_changes_only_the_first_layer(tiny_llama):
 
 def test_resume_tp_matches_hand_written_loop(tiny_llama):
     """A.6: TP on layers 1..2, off, then on again from layer 3 until the output."""
-    model = st_tp.build(tiny_llama, tp_start=1, tp_end=2, tp_resume_layer=3, output_layer=4, device="cpu", prefix_cache=False)
+    model = st_tp.build(tiny_llama, tp_start=1, tp_end=2, tp_resume_layer=3, output_layer=4, device="cpu", prefix_cache=False,
+                        dtype="float32")  # compared with a float32 hand-written loop
     features = model[0].preprocess(["A man is playing a guitar."])
     with torch.inference_mode():
         got = model[0](dict(features))["sentence_embedding"][0]

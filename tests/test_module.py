@@ -1,6 +1,7 @@
 """The ST module: save/load through modules.json, encode options, configuration errors, edge inputs."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,3 +71,16 @@ def test_custom_template_and_vanilla_twin(tiny_llama):
     assert tp[0].encoders[0].fill("x") == "Sentence <PST> 'x.' in a word:"
     assert vanilla[0].encoders[0].fill("x") == "Sentence 'x.' in a word:"
     assert not np.allclose(tp.encode("A cat."), vanilla.encode("A cat."))
+
+
+def test_a_folder_saved_by_the_previous_release_loads_and_embeds_the_same(tiny_llama, tmp_path):
+    """tests/fixtures/saved-dd067b2-*: the st_tp_config.json that release dd067b2 wrote for this model (prefix_cache
+    "auto", the module keys of its own layout), and the float32 embeddings it computed. The weights and tokenizer are the
+    tiny model's, as that release saved them."""
+    fixtures = Path(__file__).parent / "fixtures"
+    st_tp.build(tiny_llama, tp_end=3, output_layer=3, pst_init="normal:7", dtype="float32", device="cpu").save(str(tmp_path))
+    (tmp_path / "st_tp_config.json").write_text((fixtures / "saved-dd067b2-st_tp_config.json").read_text())
+    loaded = SentenceTransformer(str(tmp_path), trust_remote_code=True, device="cpu", model_kwargs={"dtype": torch.float32})
+    assert loaded[0].tp_config.prefix_cache is True and loaded[0].total_layers == 4
+    expected = np.array(json.loads((fixtures / "saved-dd067b2-embeddings.json").read_text()), dtype=np.float32)
+    np.testing.assert_allclose(loaded.encode(["A man is playing a guitar.", "Hi"]), expected, atol=1e-5)

@@ -17,7 +17,7 @@ def test_pst_init_options_are_deterministic(tiny_llama):
     assert not torch.equal(vectors["normal"], vectors["normal:3"])
     assert vectors["uniform:5"].min() >= 0 and vectors["uniform:5"].max() < 1
     with pytest.raises(ValueError, match="exactly one token"):
-        st_tp.build(tiny_llama, pst_init="token:the quick brown fox", device="cpu")
+        st_tp.build(tiny_llama, pst_init="token:the quick brown fox", tp_end=3, device="cpu")
 
 
 def test_pst_init_grammar():

@@ -38,6 +38,7 @@ def _cosine(a, b) -> float:
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", list(SPEARMAN_FLOORS))
 def test_smollm2_embeddings_mean_something(smollm2, data_dir, preset, tmp_path):
     base, config = load_preset(ROOT / "configs" / f"{preset}.yaml")
@@ -56,6 +57,7 @@ def test_smollm2_embeddings_mean_something(smollm2, data_dir, preset, tmp_path):
     assert np.array_equal(loaded.encode(list(PARAPHRASE)), model.encode(list(PARAPHRASE)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tp", [True, False])
 def test_gemma3_inputs_longer_than_its_sliding_window(gemma3, tp):
     """A short sentence alone equals the same sentence batched with a 641-token prompt (window 512), cache on or off.
@@ -83,7 +85,7 @@ LONG_TEXTS = {
 }
 
 
-@pytest.fixture(scope="module", params=["llama2", "gemma3"])
+@pytest.fixture(scope="module", params=["llama2", pytest.param("gemma3", marks=pytest.mark.slow)])
 def real_tokenizer(request, tiny_llama):
     if request.param == "llama2":
         return AutoTokenizer.from_pretrained(tiny_llama)  # the real Llama-2 tokenizer

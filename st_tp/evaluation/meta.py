@@ -18,18 +18,22 @@ from pathlib import Path
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from sentence_transformers import SentenceTransformer
 
+from st_tp.config import DTYPES, resolve_dtype
 from st_tp.module import PST_FILE, TokenPrepending
 
 _EDGE_BYTES = 1 << 20
 _SETTINGS_FILES = (TokenPrepending.config_file_name, PST_FILE, "config.json")
 
 
-def folder_revision(folder: str | Path) -> str:
-    """A revision for a saved st_tp folder, from its files (see the module docstring)."""
+def folder_revision(folder: str | Path, device: str | None = None) -> str:
+    """A revision for a saved st_tp folder, from its files (see the module docstring) and the dtype it runs in on
+    `device` (dtype "auto" resolves per machine: a bfloat16 run is another evaluation than a float32 one)."""
     folder = Path(folder)
-    if not (folder / TokenPrepending.config_file_name).exists():
+    config_path = folder / TokenPrepending.config_file_name
+    if not config_path.exists():
         raise ValueError(f"{folder} has no {TokenPrepending.config_file_name}; it is not a saved st_tp model.")
-    digest = hashlib.sha256()
+    dtype = json.loads(config_path.read_text()).get("dtype", "auto")
+    digest = hashlib.sha256(f"runs in {resolve_dtype(dtype, device) if dtype in DTYPES else dtype}".encode())
     for name in _SETTINGS_FILES:
         path = folder / name
         if path.exists():
@@ -93,7 +97,7 @@ def model_meta(model: SentenceTransformer, name: str, revision: str, release_dat
         similarity_fn_name=ScoringFunction(model.similarity_fn_name or "cosine"),
         use_instructions=bool(templates),
         training_datasets=set(),  # training-free: no data was trained on
-        adapted_from=module.base_model_name,
+        adapted_from=module.base_model,
     )
     return ModelMeta.create_empty(overwrites=fields)
 

@@ -97,7 +97,7 @@ def run_mteb(
         labels.append(label)
         name = _mteb_name(label)
         if isinstance(spec, str):
-            revision, released = folder_revision(spec), release_date(spec)
+            revision, released = folder_revision(spec, device), release_date(spec)
             lookup = lookup_meta(name, revision)
             cached = {task.metadata.name: r for task in task_objects if (r := _complete_result(cache, task, lookup))}
             model = None if len(cached) == len(task_objects) else SentenceTransformer(spec, trust_remote_code=True, device=device)
