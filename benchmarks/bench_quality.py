@@ -120,6 +120,16 @@ def dtype_run(args: argparse.Namespace) -> str:
             table.append(("prompteol", f"preset, dtype {dtype} (runs in {runs_in})", row))
             print(f"{model} dtype {dtype} ({runs_in}): STS avg {sum(row[:7]) / 7:.2f}", flush=True)
         sections.append(format_table(model, st[0].total_layers, table))
+    if args.reference:  # a trained sentence encoder on the same tasks, for scale
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(args.reference, device="cpu")
+        (scores,) = run_mteb([st], tasks, Path(args.out) / "mteb", batch_size=args.batch_size, verbose=args.verbose).scores.values()
+        row = [100 * scores[t.metadata.name] for t in tasks]
+        name = Path(args.reference).name
+        print(f"reference {name}: STS avg {sum(row[:7]) / 7:.2f}", flush=True)
+        sections.append(format_table(f"{name} (reference: a trained sentence encoder, float32)",
+                                     st[0].auto_model.config.num_hidden_layers, [("none", "as trained", row)]))
     auto = str(resolve_dtype("auto", "cpu")).removeprefix("torch.")
     return f"dtype 'auto' resolves to {auto} on this CPU.\n\n" + "\n\n".join(sections)
 
@@ -144,6 +154,7 @@ def main() -> None:
     parser.add_argument("--verbose", action="store_true", help="mteb's own progress bars and logs")
     parser.add_argument("--dtypes", nargs="+", choices=["auto", "float32", "bfloat16", "float16"],
                         help="instead of the four variants: each model's PromptEOL+TP preset at each of these dtypes")
+    parser.add_argument("--reference", help="with --dtypes: also a plain SentenceTransformer folder (e.g. all-mpnet-base-v2)")
     parser.add_argument("--write", action="store_true", help="write the tables into benchmarks/RESULTS.md")
     args = parser.parse_args()
     args.sample = args.sample or None

@@ -122,16 +122,19 @@ CACHE_METHODS = ("prompteol", "cot", "ke", "metaeol")
 DTYPES = ("float32", "bfloat16")
 
 
-def real_variants(total_layers: int, prompt_methods: bool) -> dict[str, dict]:
-    """ST native and st_tp at equal dtypes (float32, bfloat16), st_tp at its default dtype ('auto'), and with
-    `prompt_methods` every prompt method with prefix_cache auto / True / False (float32). TP is the paper's setting
-    scaled to the model (st_tp.config.paper_setting)."""
+def real_variants(total_layers: int, prompt_methods: bool, reference: str | None = None) -> dict[str, dict]:
+    """ST native and st_tp at equal dtypes (float32, bfloat16), st_tp at its default dtype ('auto'), with
+    `prompt_methods` every prompt method with prefix_cache auto / True / False (float32), and with `reference` a plain
+    SentenceTransformer folder (a trained encoder, float32). TP is the paper's setting scaled to the model
+    (st_tp.config.paper_setting)."""
     paper = paper_setting(total_layers)
     variants = {"vanilla_last_float32": dict(tp=False, output_layer=-1, dtype="float32")}
     for dtype in DTYPES:
         variants[f"st_native_{dtype}"] = dict(native=True, dtype=dtype)
         variants[f"tp_{dtype}"] = dict(paper, dtype=dtype)
     variants["tp_default"] = dict(paper)  # dtype "auto": what a user gets
+    if reference:
+        variants["reference"] = dict(reference=reference)
     if prompt_methods:
         for method in CACHE_METHODS:
             for label, cache in (("auto", "auto"), ("cache", True), ("nocache", False)):
@@ -200,12 +203,17 @@ def real_main(args, base: str) -> None:
     from st_tp.decoder import find_decoder
 
     total_layers = AutoConfig.from_pretrained(base).num_hidden_layers
-    variants = real_variants(total_layers, args.prompt_methods)
+    variants = real_variants(total_layers, args.prompt_methods, args.reference)
     fns, flops = {}, {}
     texts = {name: workload(name, args.sentences) for name in variants}
     for name, settings in variants.items():
         settings = dict(settings)
-        if settings.pop("native", False):
+        if "reference" in settings:
+            from sentence_transformers import SentenceTransformer
+
+            reference = SentenceTransformer(settings.pop("reference"), device="cpu")
+            fns[name] = functools.partial(reference.encode, batch_size=32)
+        elif settings.pop("native", False):
             fns[name] = st_native(base, settings["dtype"])
         else:
             model = st_tp.build(base, device="cpu", **settings)
@@ -239,11 +247,13 @@ def real_main(args, base: str) -> None:
         paired(f"{tp_label} / ST native, both {dtype} (goal <= 0.70)", f"tp_{dtype}", f"st_native_{dtype}")
     paired(f"st_tp TP at its default dtype ({default_dtype} here) / st_tp TP float32 (goal <= 0.55)", "tp_default", "tp_float32")
     paired(f"st_tp TP at its default dtype ({default_dtype}) / ST native float32 (what a plain ST user gets)", "tp_default", "st_native_float32")
+    if args.reference:
+        paired(f"st_tp TP at its default dtype / {Path(args.reference).name} (float32, raw sentences)", "tp_default", "reference")
     for method in CACHE_METHODS if args.prompt_methods else ():
         ratios[f"{method}: TP defaults (prefix_cache auto) / TP without cache (goal <= 1.00)"] = med[f"{method}_auto"] / med[f"{method}_nocache"]
         ratios[f"  {method}: TP cache forced on / off"] = med[f"{method}_cache"] / med[f"{method}_nocache"]
     gflops = {name: flops[name] / statistics.median(times[name]) / 1e9 for name in flops}
-    dtype_of = {name: settings.get("dtype", default_dtype) for name, settings in variants.items()}
+    dtype_of = {name: settings.get("dtype", "float32" if "reference" in settings else default_dtype) for name, settings in variants.items()}
     intro = (f"Model: {args.model} ({total_layers} layers). Machine: {MACHINE.removesuffix(', CPU float32')}; "
              f"{args.rounds} interleaved rounds, medians per sentence; {args.sentences} STS-B test sentences, batch 32. "
              f"ST native and st_tp vanilla at -1 agree: min cosine {agreement:.6f} over 64 sentences. Roofline measured "
@@ -275,6 +285,7 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=192)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--model", default="random", help="random (a random 512x16 Llama) or packaged:<name>")
+    parser.add_argument("--reference", help="real-model mode: also time a plain SentenceTransformer folder (e.g. all-mpnet-base-v2)")
     parser.add_argument("--prompt-methods", action="store_true",
                         help="real-model mode: also every prompt method with prefix_cache auto/True/False (float32)")
     parser.add_argument("--write", action="store_true")

@@ -107,7 +107,30 @@ def cmd_build(args: argparse.Namespace) -> None:
     c = model[0].tp_config
     layers = f"layer {c.tp_start}" if c.tp_end - c.tp_start == 1 else f"layers {c.tp_start}..{c.tp_end - 1}"
     setting = f"TP before {layers}" if c.tp else "no TP"
-    print(f"Saved a Token Prepending model ({base}; {c.prompt_method}, {setting}, output_layer {c.output_layer}) to {args.out}")
+    print(f"Saved a Token Prepending model ({base}; {c.prompt_method}, {setting}, output_layer {c.output_layer}; "
+          f"{dtype_note(c.dtype, model[0].model_dtype)}) to {args.out}")
+
+
+def dtype_note(setting: str, runs_in) -> str:
+    """'runs in bfloat16 (dtype auto: this CPU runs bfloat16 natively)': what a model computes in, and why."""
+    from st_tp.config import cpu_runs_bfloat16
+
+    name = str(runs_in).removeprefix("torch.")
+    if setting != "auto":
+        return f"runs in {name}"
+    why = {"float16": "CUDA", "bfloat16": "this CPU runs bfloat16 natively" if cpu_runs_bfloat16() else "the device"}
+    return f"runs in {name} (dtype auto: {why.get(name, 'no native bfloat16 here')})"
+
+
+def _folder_dtype_note(model: str, device: str | None) -> str:
+    """dtype_note for a saved st_tp folder, from its config (without loading it); '' for another kind of model."""
+    import json
+
+    from st_tp.config import DTYPES, resolve_dtype
+
+    config = Path(model) / "st_tp_config.json"
+    setting = json.loads(config.read_text()).get("dtype", "auto") if config.is_file() else None
+    return f"; {dtype_note(setting, resolve_dtype(setting, device))}" if setting in DTYPES else ""
 
 
 def _corpus_options(args: argparse.Namespace):
@@ -152,7 +175,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
     kind = "lines" if txt else "rows"
     skipped_note = f" ({skipped} {'empty lines' if txt else 'bad rows'} skipped)" if skipped or args.skip_empty else ""
     print(f"Read {read} {kind} from {args.input}{skipped_note}; wrote {embeddings.shape[0]} embeddings of dimension "
-          f"{embeddings.shape[1]} to {output}")
+          f"{embeddings.shape[1]} to {output}{_folder_dtype_note(args.model, str(model.device))}")
     if args.similarity:
         print(similarity_table(sentences, model.similarity(embeddings, embeddings).numpy()))
 
@@ -173,7 +196,7 @@ def _encode_dataset(args: argparse.Namespace, source, options) -> None:
     from st_tp.corpus import embed_corpus
 
     summary = embed_corpus(source.spec, args.output, args.model, options)
-    print(summary.line(args.input))
+    print(summary.line(args.input) + _folder_dtype_note(args.model, args.device))
 
 
 def similarity_table(sentences: list[str], scores) -> str:
@@ -262,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a preset: a YAML file or a name from configs/ (e.g. smollm2-135m-prompteol-tp)")
     p.add_argument("--out", required=True, help="folder to save the model to")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a TPConfig key (repeatable)")
-    p.add_argument("--dtype", choices=DTYPES, help="weights dtype (auto: float16 on CUDA, float32 elsewhere)")
+    p.add_argument("--dtype", choices=DTYPES, help="weights dtype (auto: float16 on CUDA, bfloat16 on a CPU that runs it natively, else float32)")
     p.add_argument("--device", help="torch device: cpu, cuda, cuda:1, mps (default: the best available)")
     p.add_argument("--gguf-file", help="a GGUF file inside the BASE folder to read tokenizer, config and weights from")
     p.set_defaults(func=cmd_build)

@@ -145,20 +145,10 @@ def _embed(decoder: nn.Module, input_ids: Tensor, pst_positions: Tensor | None, 
 
 
 def run_layers(
-    model: nn.Module,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    pst_positions: Tensor | None,
-    *,
-    tp_layers: Collection[int],
-    capture: Collection[int],
-    pst_embedding: Tensor | None = None,
-    prefix: PrefixKV | None = None,
-    mask_pst_layer: int | None = None,
-    total_layers: int | None = None,
-    whole_inputs: Collection[int] = (),
-    packed: bool = True,
-    skip_unread_rows: bool = True,
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, pst_positions: Tensor | None, *,
+    tp_layers: Collection[int], capture: Collection[int], pst_embedding: Tensor | None = None,
+    prefix: PrefixKV | None = None, mask_pst_layer: int | None = None, total_layers: int | None = None,
+    whole_inputs: Collection[int] = (), packed: bool = True, skip_unread_rows: bool = True,
 ) -> dict[int, Tensor]:
     """One TP forward; returns {hidden_states index: last-token states [B, H]} for every index in `capture`.
 
@@ -168,13 +158,12 @@ def run_layers(
     LayerRecorder reads in full. `packed` / `skip_unread_rows` switch the speed mechanisms (same results)."""
     decoder = find_decoder(model)
     install_hooks(decoder)
-    total_layers = total_layers or len(decoder.layers)
-    deepest = max(capture)
+    total_layers, deepest = total_layers or len(decoder.layers), max(capture)
     if deepest > len(decoder.layers) and deepest != total_layers:
         raise ValueError(f"hidden_states[{deepest}] needs {deepest} layers; this (pruned) model has {len(decoder.layers)}.")
     needs_norm = deepest == total_layers  # hidden_states[L] is the final-normed output: every layer runs
-    pst_positions = None if pst_positions is None else pst_positions.reshape(input_ids.shape[0], -1)
     last_layer = len(decoder.layers) - 1 if needs_norm else deepest - 1
+    pst_positions = None if pst_positions is None else pst_positions.reshape(input_ids.shape[0], -1)
 
     # Positions count real tokens only, so a row's result does not depend on the padding its batch needs.
     past = prefix.length if prefix is not None else 0

@@ -49,6 +49,7 @@ def test_build_and_encode_print_what_they_did(saved, tmp_path, capsys):
     lines = SENTENCES.read_text().splitlines()
     assert f"Read {len(lines)} lines from {SENTENCES}; wrote {len(lines)} embeddings of dimension 64 to {tmp_path / 'e.npy'}" in out
     assert "cosine" in out  # the similarity table
+    assert "; runs in " in out  # the dtype the model computes in
     embeddings = np.load(tmp_path / "e.npy")  # `--output e` writes e.npy, and says so
     expected = SentenceTransformer(str(saved), trust_remote_code=True, device="cpu").encode(lines)
     np.testing.assert_array_equal(embeddings, expected)
@@ -91,10 +92,25 @@ def test_missing_files_and_devices_are_one_line_errors(saved, tmp_path, capsys, 
 def test_preset_by_name_and_bad_overrides(tiny_llama, tmp_path, capsys):
     main(["build", tiny_llama, "--config", "install-check", "--out", str(tmp_path / "m")])
     assert "Saved a Token Prepending model" in capsys.readouterr().out
+    main(["build", tiny_llama, "--config", "install-check", "--dtype", "float32", "--out", str(tmp_path / "m")])
+    assert "output_layer 3; runs in float32) to" in capsys.readouterr().out
     err = _error(capsys, ["build", tiny_llama, "--out", str(tmp_path / "m"), "--set", "tp_end=0"])
     assert "tp_end (0) must be greater than tp_start (1)" in err
     err = _error(capsys, ["build", tiny_llama, "--out", str(tmp_path / "m"), "--set", "tp_end"])
     assert "--set expects KEY=VALUE" in err
+
+
+def test_the_auto_dtype_is_printed_with_its_reason(monkeypatch):
+    import torch
+
+    from st_tp.cli import dtype_note
+
+    monkeypatch.setattr("st_tp.config.cpu_runs_bfloat16", lambda: True)
+    assert dtype_note("auto", torch.bfloat16) == "runs in bfloat16 (dtype auto: this CPU runs bfloat16 natively)"
+    assert dtype_note("auto", torch.float16) == "runs in float16 (dtype auto: CUDA)"
+    monkeypatch.setattr("st_tp.config.cpu_runs_bfloat16", lambda: False)
+    assert dtype_note("auto", torch.float32) == "runs in float32 (dtype auto: no native bfloat16 here)"
+    assert dtype_note("bfloat16", torch.bfloat16) == "runs in bfloat16"
 
 
 def test_blank_lines_keep_their_rows(saved, tmp_path, capsys):
