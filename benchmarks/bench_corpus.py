@@ -65,7 +65,7 @@ def build_model(name: str, folder: Path) -> str:
               file=sys.stderr)
         name = "tiny"
     base = str(TINY) if name == "tiny" else None
-    st_tp.build(base or name, str(PRESETS[name]), dtype="float32", device="cpu").save(str(folder))
+    st_tp.build(base or name, str(PRESETS[name]), device="cpu").save(str(folder))  # the default dtype, as users get it
     return name
 
 
@@ -198,7 +198,10 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = sorted(rss)
     if len(sizes) > 1:
         ratios[f"peak RSS {sizes[-1]:,} rows / {sizes[0]:,} rows, one process (goal <= 1.10)"] = rss[sizes[-1]] / rss[sizes[0]]
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU float32"
+    from st_tp.config import resolve_dtype
+
+    dtype = str(resolve_dtype("auto", "cpu")).removeprefix("torch.")
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU {dtype} (dtype auto)"
     lines = [f"Model: {model_name}; {len(texts):,} distinct STS sentences (../shared/data/raw); batch {BATCH}, shards of "
              f"{SHARD:,} rows. Machine: {machine}; {args.rounds} interleaved rounds, model load included in every run. "
              f"Max abs difference to the plain .npy: " + ", ".join(f"{k} {v:.1e}" for k, v in agree.items()) + ".", "",

@@ -124,14 +124,23 @@ def dtype_run(args: argparse.Namespace) -> str:
         from sentence_transformers import SentenceTransformer
 
         st = SentenceTransformer(args.reference, device="cpu")
-        (scores,) = run_mteb([st], tasks, Path(args.out) / "mteb", batch_size=args.batch_size, verbose=args.verbose).scores.values()
-        row = [100 * scores[t.metadata.name] for t in tasks]
+        row = [100 * reference_score(st, task, args.batch_size) for task in tasks]
         name = Path(args.reference).name
         print(f"reference {name}: STS avg {sum(row[:7]) / 7:.2f}", flush=True)
         sections.append(format_table(f"{name} (reference: a trained sentence encoder, float32)",
                                      st[0].auto_model.config.num_hidden_layers, [("none", "as trained", row)]))
     auto = str(resolve_dtype("auto", "cpu")).removeprefix("torch.")
     return f"dtype 'auto' resolves to {auto} on this CPU.\n\n" + "\n\n".join(sections)
+
+
+def reference_score(model, task, batch_size: int) -> float:
+    """mteb's main score of a plain SentenceTransformer on one task (no st_tp metadata, no results cache)."""
+    import mteb
+    from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
+
+    result = mteb.evaluate(SentenceTransformerEncoderWrapper(model), task, cache=None,
+                           encode_kwargs={"batch_size": batch_size}, show_progress_bar=False).task_results[0]
+    return float(result.validate_and_filter_scores(task).get_score())
 
 
 def format_table(model: str, total_layers: int, rows: list[tuple[str, str, list[float]]]) -> str:

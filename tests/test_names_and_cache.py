@@ -3,6 +3,7 @@ traceback), GGUF conversions are shared by content and written atomically, and `
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -277,7 +278,8 @@ def test_base_model_says_what_rebuilding_needs(tmp_path, monkeypatch):
 # ---- item 7: how long the tests take, and a quick loop without the real-weight tests ----------------------------
 def test_readme_times_the_tests_and_slow_tests_are_marked():
     readme = (ROOT / "README.md").read_text().split("### Tests", 1)[1].split("\n## ", 1)[0]
-    assert "16.5 min" in readme and "5 min" in readme and 'python -m pytest tests -q -m "not slow"' in readme
+    assert re.search(r"`pytest` part \(\d+ tests\) took \d+ min \d+ s", readme), "the README says how long the tests take"
+    assert 'python -m pytest tests -q -m "not slow"' in readme
     markers = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
     assert any(m.startswith("slow:") for m in markers)
     # what the quick loop keeps of the real-weight files: nothing that loads SmolLM2 or Gemma-3
