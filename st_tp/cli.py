@@ -124,13 +124,10 @@ def dtype_note(setting: str, runs_in) -> str:
 
 def _folder_dtype_note(model: str, device: str | None) -> str:
     """dtype_note for a saved st_tp folder, from its config (without loading it); '' for another kind of model."""
-    import json
+    from st_tp.config import saved_dtype
 
-    from st_tp.config import DTYPES, resolve_dtype
-
-    config = Path(model) / "st_tp_config.json"
-    setting = json.loads(config.read_text()).get("dtype", "auto") if config.is_file() else None
-    return f"; {dtype_note(setting, resolve_dtype(setting, device))}" if setting in DTYPES else ""
+    found = saved_dtype(model, device)
+    return f"; {dtype_note(*found)}" if found else ""
 
 
 def _corpus_options(args: argparse.Namespace):

@@ -56,6 +56,22 @@ def resolve_dtype(dtype: str, device: str | None) -> torch.dtype:
     return getattr(torch, dtype)
 
 
+SAVED_CONFIG = "st_tp_config.json"  # TokenPrepending.config_file_name: the settings of a saved st_tp folder
+
+
+def saved_dtype(folder: str | Path, device: str | None) -> tuple[str, torch.dtype] | None:
+    """(the dtype setting of a saved st_tp folder, the torch dtype it runs in on `device`), read from its config without
+    loading the model; None for a folder that is not an st_tp model. Malformed settings resolve as 'auto'."""
+    import json
+
+    path = Path(folder) / SAVED_CONFIG
+    if not path.is_file():
+        return None
+    setting = json.loads(path.read_text()).get("dtype", "auto")
+    setting = setting if setting in DTYPES else "auto"
+    return setting, resolve_dtype(setting, device)
+
+
 def check_tp_range(tp_start: int, tp_end: int, total_layers: int | None = None) -> None:
     """TP overwrites <PST> before layers tp_start <= i < tp_end: the range must hold at least one layer of the model."""
     if tp_start < 0:

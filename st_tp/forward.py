@@ -79,11 +79,15 @@ class _BeforeLayer:
         hidden = layer_hidden_states(args, kwargs)
         if self.index == 0:
             tp.capture(0, hidden)
-        if tp.pst_rows is not None and self.index in tp.tp_layers:
+        overwrite = tp.pst_rows is not None and self.index in tp.tp_layers
+        mask = self.index == tp.mask_pst_layer and tp.pst_positions is not None
+        if not (overwrite or mask):  # nothing to change: the layer's arguments pass through untouched
+            return None
+        if overwrite:
             # The Token Prepending rule: each <PST> row takes its sequence's last-token state (out of place, so
             # states captured or recorded earlier stay intact).
             hidden = flat(hidden).index_copy(0, tp.pst_rows, take_rows(hidden, tp.pst_sources)).view_as(hidden)
-        if self.index == tp.mask_pst_layer and tp.pst_positions is not None:
+        if mask:
             kwargs = dict(kwargs, attention_mask=_mask_pst_keys(kwargs.get("attention_mask"), tp.pst_positions + tp.past, hidden))
         return with_layer_hidden_states(args, kwargs, hidden)
 

@@ -21,7 +21,7 @@ from sentence_transformers.base.modules import InputModule
 from torch import Tensor
 
 from st_tp.batching import TemplateBatch, average_over_templates, collate, template_batches
-from st_tp.config import TPConfig, check_template, resolve_device, resolve_dtype
+from st_tp.config import SAVED_CONFIG, TPConfig, check_template, resolve_device, resolve_dtype
 from st_tp.decoder import find_decoder, resolve_layer
 from st_tp.forward import run_layers
 from st_tp.loading import load_config, load_dtype, load_pruned_model, load_tokenizer
@@ -60,7 +60,7 @@ class TokenPrepending(InputModule):
         model_kwargs / processor_kwargs / config_kwargs: passed to the HF model / tokenizer / config loaders.
     """
 
-    config_file_name = "st_tp_config.json"
+    config_file_name = SAVED_CONFIG
     config_keys = [*(f.name for f in dataclasses.fields(TPConfig)), "num_hidden_layers_base", "base_model"]
 
     def __init__(

@@ -18,7 +18,7 @@ from pathlib import Path
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from sentence_transformers import SentenceTransformer
 
-from st_tp.config import DTYPES, resolve_dtype
+from st_tp.config import saved_dtype
 from st_tp.module import PST_FILE, TokenPrepending
 
 _EDGE_BYTES = 1 << 20
@@ -29,11 +29,10 @@ def folder_revision(folder: str | Path, device: str | None = None) -> str:
     """A revision for a saved st_tp folder, from its files (see the module docstring) and the dtype it runs in on
     `device` (dtype "auto" resolves per machine: a bfloat16 run is another evaluation than a float32 one)."""
     folder = Path(folder)
-    config_path = folder / TokenPrepending.config_file_name
-    if not config_path.exists():
+    found = saved_dtype(folder, device)
+    if found is None:
         raise ValueError(f"{folder} has no {TokenPrepending.config_file_name}; it is not a saved st_tp model.")
-    dtype = json.loads(config_path.read_text()).get("dtype", "auto")
-    digest = hashlib.sha256(f"runs in {resolve_dtype(dtype, device) if dtype in DTYPES else dtype}".encode())
+    digest = hashlib.sha256(f"runs in {found[1]}".encode())
     for name in _SETTINGS_FILES:
         path = folder / name
         if path.exists():
