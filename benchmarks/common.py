@@ -47,12 +47,17 @@ def sentences(n: int) -> list[str]:
     return [s for r in read_tsv(STSB_TEST) for s in (r["sentence1"], r["sentence2"])][:n]
 
 
-def time_rounds(runs: dict[Hashable, Callable[[], object]], rounds: int, sync: Callable[[], None] = lambda: None) -> dict:
+def time_rounds(runs: dict[Hashable, Callable[[], object]], rounds: int, sync: Callable[[], None] = lambda: None,
+                rotate: bool = False) -> dict:
     """Wall seconds of every run in every round. Each round times every run once, in order, so drift hits all of
-    them alike. `sync` waits for the device (e.g. torch.cuda.synchronize) before each clock reading."""
+    them alike; `rotate` starts round r at run r (for long runs, where the place in a round matters too). `sync`
+    waits for the device (e.g. torch.cuda.synchronize) before each clock reading."""
     times = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
+    names = list(runs)
+    for round_index in range(rounds):
+        shift = round_index % len(names) if rotate else 0
+        for name in names[shift:] + names[:shift]:
+            run = runs[name]
             sync()
             start = time.perf_counter()
             run()

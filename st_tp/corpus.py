@@ -563,19 +563,25 @@ class Embedder:
         self.batch_size, self.normalize, self.output_dtype = batch_size, normalize, output_dtype
 
     def __call__(self, texts: list[str], progress: Callable[[int], None] = lambda n: None) -> np.ndarray:
-        """Embed in pieces of 64 batches (sentence-transformers sorts each by length) to report progress often."""
+        """Embed in pieces of 64 batches to report progress often. The texts are sorted by length over the whole
+        call first (as `model.encode` sorts a whole list), so pieces cut no batch into worse padding; rows come back
+        in input order."""
         import numpy as np
 
+        order = np.argsort([-len(text) for text in texts], kind="stable")
         step = self.batch_size * 64
         pieces = []
         for start in range(0, len(texts), step):
-            chunk = texts[start:start + step]
+            chunk = [texts[i] for i in order[start:start + step]]
             pieces.append(self.model.encode(chunk, batch_size=self.batch_size, normalize_embeddings=self.normalize,
                                             convert_to_numpy=True, show_progress_bar=False).astype(np.float32))
             progress(len(chunk))
-        out = np.concatenate(pieces) if pieces else np.zeros((0, self.dimension()), np.float32)
+        if not pieces:
+            return np.zeros((0, self.dimension()), self.output_dtype)
+        embedded = np.concatenate(pieces)
+        out = np.empty_like(embedded)
+        out[order] = embedded  # back to input order
         return out.astype(self.output_dtype, copy=False)
-
 
     def dimension(self) -> int:
         get = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
