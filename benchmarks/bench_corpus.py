@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = sorted(rss)
     if len(sizes) > 1:
         ratios[f"peak RSS {sizes[-1]:,} rows / {sizes[0]:,} rows, one process (goal <= 1.10)"] = rss[sizes[-1]] / rss[sizes[0]]
-    from st_tp.config import resolve_dtype
+    from st_tp.runtime.config import resolve_dtype
 
     dtype = str(resolve_dtype("auto", "cpu")).removeprefix("torch.")
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU {dtype} (dtype auto)"

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import SHAPES, make_base, ratio_lines, sentences, time_interleaved, write_section  # noqa: E402
-from st_tp.config import paper_setting  # noqa: E402
+from st_tp.runtime.config import paper_setting  # noqa: E402
 
 # Dense (no sparsity) FP16/BF16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s; matched in this order
 # against torch.cuda.get_device_name(). Anything else needs --peak-tflops.
@@ -58,9 +58,9 @@ def model_flops(module, features: dict) -> dict[str, int]:
                included): the scores and the weighted sum of values.
     Norms, rotary embeddings and activations are elementwise and left out, as MFU conventionally does.
     """
-    from st_tp.decoder import find_decoder
-    from st_tp.decoder import row_wise_parts as read_rows_only_parts
-    from st_tp.row_skipping import layers_before_tp
+    from st_tp.runtime.decoder import find_decoder
+    from st_tp.runtime.decoder import row_wise_parts as read_rows_only_parts
+    from st_tp.runtime.row_skipping import layers_before_tp
 
     def linear_weights(modules) -> int:
         return sum(m.weight.numel() for m in modules if isinstance(m, nn.Linear))

@@ -31,7 +31,7 @@ TASKS = [*STS7, "BIOSSES"]
 
 def variants(total_layers: int, grid_csv: Path) -> dict[str, dict]:
     """The four settings, as st_tp.build overrides; output_layer = total_layers is written as -1."""
-    from st_tp.config import paper_setting
+    from st_tp.runtime.config import paper_setting
     from st_tp.sweep import SweepResult
 
     sweep = SweepResult.read_csv(grid_csv)
@@ -101,7 +101,7 @@ def dtype_run(args: argparse.Namespace) -> str:
     """Each model's PromptEOL+TP preset (configs/<model>-prompteol-tp.yaml) at each of `args.dtypes`: what the
     default dtype ('auto', bfloat16 on a CPU that runs it natively) costs in quality against float32."""
     import st_tp
-    from st_tp.config import resolve_dtype
+    from st_tp.runtime.config import resolve_dtype
     from st_tp.evaluation import local_tasks, run_mteb
 
     torch.set_num_threads(args.threads)

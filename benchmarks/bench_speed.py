@@ -43,7 +43,7 @@ from benchmarks.common import (  # noqa: E402
     time_rounds,
     write_section,
 )
-from st_tp.config import paper_setting  # noqa: E402
+from st_tp.runtime.config import paper_setting  # noqa: E402
 
 MACHINE = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU float32"
 SHAPE = "llama-512x16"
@@ -126,7 +126,7 @@ def real_variants(total_layers: int, prompt_methods: bool, reference: str | None
     """ST native and st_tp at equal dtypes (float32, bfloat16), st_tp at its default dtype ('auto'), with
     `prompt_methods` every prompt method with prefix_cache auto / True / False (float32), and with `reference` a plain
     SentenceTransformer folder (a trained encoder, float32). TP is the paper's setting scaled to the model
-    (st_tp.config.paper_setting)."""
+    (st_tp.runtime.config.paper_setting)."""
     paper = paper_setting(total_layers)
     variants = {"vanilla_last_float32": dict(tp=False, output_layer=-1, dtype="float32")}
     for dtype in DTYPES:
@@ -148,7 +148,7 @@ def st_native(base: str, dtype: str):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
-    from st_tp.prompts import PROMPTS, PromptEncoder
+    from st_tp.runtime.prompts import PROMPTS, PromptEncoder
 
     transformer = Transformer(  # text modality pinned: no chat template around the prompt
         base, modality_config={"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
@@ -199,8 +199,8 @@ def real_main(args, base: str) -> None:
     from transformers import AutoConfig
 
     import st_tp
-    from st_tp.config import resolve_dtype
-    from st_tp.decoder import find_decoder
+    from st_tp.runtime.config import resolve_dtype
+    from st_tp.runtime.decoder import find_decoder
 
     total_layers = AutoConfig.from_pretrained(base).num_hidden_layers
     variants = real_variants(total_layers, args.prompt_methods, args.reference)

@@ -18,7 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import sentences  # noqa: E402
-from st_tp.config import paper_setting  # noqa: E402
+from st_tp.runtime.config import paper_setting  # noqa: E402
 
 # Operator name prefixes -> region. Self time is summed, so nothing is counted twice.
 REGIONS = {

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import importlib
 
-# Imported on first use (PEP 562): `st-tp --help` and `import st_tp.prompts` must not wait for torch and transformers.
+# Imported on first use (PEP 562): `st-tp --help` and `import st_tp.runtime.prompts` must not wait for torch and transformers.
 _EXPORTS = {
-    "PROMPTS": "st_tp.prompts",
-    "TPConfig": "st_tp.config",
-    "TokenPrepending": "st_tp.module",
+    "PROMPTS": "st_tp.runtime.prompts",
+    "TPConfig": "st_tp.runtime.config",
+    "TokenPrepending": "st_tp.runtime.module",
     "build": "st_tp.builder",
     "CorpusOptions": "st_tp.corpus",
     "embed_corpus": "st_tp.corpus",
     "embed_dataset": "st_tp.ray_engine",  # Ray is imported only when this is called
-    "load_preset": "st_tp.config",
-    "tp_forward": "st_tp.forward",
+    "load_preset": "st_tp.runtime.config",
+    "tp_forward": "st_tp.runtime.forward",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

@@ -334,7 +334,7 @@ def _dequantize_to_folder(path: Path, out: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    from st_tp.loading import quiet_transformers
+    from st_tp.runtime.loading import quiet_transformers
 
     folder, name = str(path.parent), path.name
     try:

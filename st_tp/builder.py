@@ -8,9 +8,9 @@ from typing import Any
 from sentence_transformers import SentenceTransformer
 
 from st_tp.base_model import resolve_base_model
-from st_tp.config import TPConfig, load_preset, resolve_device
+from st_tp.runtime.config import TPConfig, load_preset, resolve_device
 from st_tp.model_card import attach_model_card
-from st_tp.module import TokenPrepending
+from st_tp.runtime.module import TokenPrepending
 
 
 def build(
@@ -30,7 +30,7 @@ def build(
         gguf_file: a GGUF file inside the `base_model` folder; tokenizer, config and weights are read from it (once,
             then cached as a plain folder), and the saved model is an ordinary st_tp folder.
         model_kwargs: extra arguments for the HF model loader (e.g. attn_implementation, device_map).
-        **overrides: any TPConfig key (st_tp.config.TPConfig lists them, with what each does).
+        **overrides: any TPConfig key (st_tp.runtime.config.TPConfig lists them, with what each does).
     """
     if isinstance(config, TPConfig):
         tp_config = config

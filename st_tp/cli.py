@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from st_tp.config import DTYPES
+from st_tp.runtime.config import DTYPES
 
 PRESET_DIRS = [Path.cwd() / "configs", Path(__file__).resolve().parents[1] / "configs"]
 
@@ -87,7 +87,7 @@ def _npy_path(output: str) -> Path:
 
 # ---- commands ---------------------------------------------------------------------------------------------------
 def cmd_build(args: argparse.Namespace) -> None:
-    from st_tp.config import TPConfig, load_preset
+    from st_tp.runtime.config import TPConfig, load_preset
 
     preset_base, tp_config = load_preset(find_preset(args.config)) if args.config else (None, TPConfig())
     base = args.base or preset_base
@@ -113,7 +113,7 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 def dtype_note(setting: str, runs_in) -> str:
     """'runs in bfloat16 (dtype auto: this CPU runs bfloat16 natively)': what a model computes in, and why."""
-    from st_tp.config import cpu_runs_bfloat16
+    from st_tp.runtime.config import cpu_runs_bfloat16
 
     name = str(runs_in).removeprefix("torch.")
     if setting != "auto":
@@ -124,7 +124,7 @@ def dtype_note(setting: str, runs_in) -> str:
 
 def _folder_dtype_note(model: str, device: str | None) -> str:
     """dtype_note for a saved st_tp folder, from its config (without loading it); '' for another kind of model."""
-    from st_tp.config import saved_dtype
+    from st_tp.runtime.config import saved_dtype
 
     found = saved_dtype(model, device)
     return f"; {dtype_note(*found)}" if found else ""
@@ -271,7 +271,7 @@ def _size(n: int) -> str:
 
 # ---- parser -----------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from st_tp.prompts import PROMPTS
+    from st_tp.runtime.prompts import PROMPTS
 
     methods = sorted(PROMPTS)
     parser = argparse.ArgumentParser(prog="st-tp", description=__doc__.split("\n\n")[0])

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
     from st_tp.base_model import BaseModel
-    from st_tp.config import TPConfig
+    from st_tp.runtime.config import TPConfig
 
 
 @dataclass

@@ -14,11 +14,11 @@ from collections.abc import Collection
 import torch
 from torch import Tensor, nn
 
-from st_tp.decoder import final_norm, find_decoder, last_token_positions, real_token_indices
-from st_tp.forward import install_hooks
-from st_tp.hf_compat import layer_hidden_states, layer_output_hidden_states, with_cache
-from st_tp.packing import unpack
-from st_tp.prefix_cache import PrefixKV
+from st_tp.runtime.decoder import final_norm, find_decoder, last_token_positions, real_token_indices
+from st_tp.runtime.forward import install_hooks
+from st_tp.runtime.hf_compat import layer_hidden_states, layer_output_hidden_states, with_cache
+from st_tp.runtime.packing import unpack
+from st_tp.runtime.prefix_cache import PrefixKV
 
 
 class LayerRecorder:

@@ -21,10 +21,10 @@ from sentence_transformers.util import batch_to_device
 from tqdm.auto import tqdm
 
 from st_tp.base_model import resolve_base_model
-from st_tp.config import TPConfig, resolve_device
+from st_tp.runtime.config import TPConfig, resolve_device
 from st_tp.data import read_pairs
-from st_tp.forward import run_layers
-from st_tp.module import TemplateBatch, TokenPrepending, average_over_templates
+from st_tp.runtime.forward import run_layers
+from st_tp.runtime.module import TemplateBatch, TokenPrepending, average_over_templates
 from st_tp.resume import LayerRecorder, continue_layers
 
 VANILLA = "vanilla"

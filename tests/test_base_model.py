@@ -10,7 +10,7 @@ from transformers import AutoModel
 
 import st_tp
 from st_tp.base_model import PACKAGED, PackagedModel, convert_gguf, resolve_base_model
-from st_tp.forward import tp_forward
+from st_tp.runtime.forward import tp_forward
 
 SMOLLM2 = PACKAGED["smollm2-135m"]
 SENTENCES = ["A man is playing a guitar.", "A woman slices an onion.", "Is it going to rain tomorrow?", ""]

@@ -105,10 +105,10 @@ def test_the_auto_dtype_is_printed_with_its_reason(monkeypatch):
 
     from st_tp.cli import dtype_note
 
-    monkeypatch.setattr("st_tp.config.cpu_runs_bfloat16", lambda: True)
+    monkeypatch.setattr("st_tp.runtime.config.cpu_runs_bfloat16", lambda: True)
     assert dtype_note("auto", torch.bfloat16) == "runs in bfloat16 (dtype auto: this CPU runs bfloat16 natively)"
     assert dtype_note("auto", torch.float16) == "runs in float16 (dtype auto: CUDA)"
-    monkeypatch.setattr("st_tp.config.cpu_runs_bfloat16", lambda: False)
+    monkeypatch.setattr("st_tp.runtime.config.cpu_runs_bfloat16", lambda: False)
     assert dtype_note("auto", torch.float32) == "runs in float32 (dtype auto: no native bfloat16 here)"
     assert dtype_note("bfloat16", torch.bfloat16) == "runs in bfloat16"
 

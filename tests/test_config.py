@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import st_tp
-from st_tp.config import TPConfig, load_preset, paper_setting, resolve_dtype
+from st_tp.runtime.config import TPConfig, load_preset, paper_setting, resolve_dtype
 
 
 @pytest.mark.parametrize(

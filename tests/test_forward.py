@@ -7,8 +7,8 @@ from torch import nn
 from transformers import AutoModel, BertConfig, BertModel
 
 import st_tp
-from st_tp.decoder import find_decoder, last_token_positions, resolve_layer
-from st_tp.forward import install_hooks, tp_forward
+from st_tp.runtime.decoder import find_decoder, last_token_positions, resolve_layer
+from st_tp.runtime.forward import install_hooks, tp_forward
 from st_tp.reference import naive_tp_forward
 from tests.tiny_models import ARCHS
 

@@ -1,4 +1,4 @@
-"""One test per transformers behaviour st_tp relies on beyond documented extension points (st_tp/hf_compat.py).
+"""One test per transformers behaviour st_tp relies on beyond documented extension points (st_tp/runtime/hf_compat.py).
 
 When a transformers release changes one of them, the failing test names it; the fix then lives in hf_compat.py."""
 
@@ -9,8 +9,8 @@ import torch
 from transformers import AutoModel, DynamicCache
 
 import st_tp
-from st_tp import hf_compat
-from st_tp.decoder import find_decoder
+from st_tp.runtime import hf_compat
+from st_tp.runtime.decoder import find_decoder
 from tests.tiny_models import ARCHS
 
 
@@ -75,7 +75,7 @@ def test_recorded_layer_kwargs_take_a_new_cache(llama):
 def test_attention_implementation_can_be_read_and_switched_to_a_registered_name(backbones):
     model = AutoModel.from_pretrained(backbones["llama"], dtype=torch.float32, attn_implementation="eager")
     assert hf_compat.attention_implementation(model) == "eager"
-    hf_compat.set_attention_implementation(model, "st_tp_padded_eager")  # registered by st_tp.packing at import
+    hf_compat.set_attention_implementation(model, "st_tp_padded_eager")  # registered by st_tp.runtime.packing at import
     assert hf_compat.attention_implementation(model) == "st_tp_padded_eager"
     assert hf_compat.attention_implementation(model.layers[0].self_attn) == "st_tp_padded_eager"
 

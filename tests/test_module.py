@@ -25,7 +25,7 @@ def test_round_trip_is_bit_identical(tiny_llama, tmp_path, settings):
     before = model.encode(SENTENCES, batch_size=2)
     model.save(str(tmp_path))
     saved = json.loads((tmp_path / "modules.json").read_text())
-    assert saved[0]["type"] == "st_tp.module.TokenPrepending"
+    assert saved[0]["type"] == "st_tp.runtime.module.TokenPrepending"
     assert (tmp_path / "pst_embedding.safetensors").exists() and (tmp_path / "st_tp_config.json").exists()
     assert not list(tmp_path.glob("*.bin")) and not list(tmp_path.glob("*.pt")), "weights must be safetensors only"
     with pytest.raises(ValueError, match="trust_remote_code"):

@@ -3,7 +3,7 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from st_tp.prompts import PROMPTS, PromptEncoder, preprocess_sentence, remove_pst
+from st_tp.runtime.prompts import PROMPTS, PromptEncoder, preprocess_sentence, remove_pst
 
 
 @pytest.fixture(scope="module")

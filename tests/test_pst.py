@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import st_tp
-from st_tp.pst import parse_pst_init
+from st_tp.runtime.pst import parse_pst_init
 
 
 def test_pst_init_options_are_deterministic(tiny_llama):

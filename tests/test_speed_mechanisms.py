@@ -1,14 +1,14 @@
-"""Packing (st_tp/packing.py) and row skipping (st_tp/row_skipping.py) apart from TP: each switched off on its own
+"""Packing (st_tp/runtime/packing.py) and row skipping (st_tp/runtime/row_skipping.py) apart from TP: each switched off on its own
 gives the same embeddings on every tiny architecture, and each does what it promises."""
 
 import pytest
 import torch
 from transformers import AutoModel
 
-from st_tp.decoder import find_decoder, last_token_positions
-from st_tp.forward import install_hooks, run_layers
-from st_tp.packing import RowLayout, pack, unpack
-from st_tp.row_skipping import RowSkipPlan, layers_before_tp
+from st_tp.runtime.decoder import find_decoder, last_token_positions
+from st_tp.runtime.forward import install_hooks, run_layers
+from st_tp.runtime.packing import RowLayout, pack, unpack
+from st_tp.runtime.row_skipping import RowSkipPlan, layers_before_tp
 from tests.tiny_models import ARCHS
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import st_tp
-from st_tp.prompts import PROMPTS
+from st_tp.runtime.prompts import PROMPTS
 
 MIXED = ["Hi", "A man is playing a guitar.", "Is it going to rain tomorrow?", "",
          "After several hours of heated debate about the budget, the council voted to postpone its decision.",

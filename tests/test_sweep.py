@@ -5,7 +5,7 @@ import pytest
 from scipy.stats import spearmanr
 
 import st_tp
-from st_tp.config import load_preset
+from st_tp.runtime.config import load_preset
 from st_tp.data import read_pairs
 from st_tp.sweep import VANILLA, sweep, write_outputs
 

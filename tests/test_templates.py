@@ -126,7 +126,7 @@ def test_truncate_dim(plain, tmp_path):
 
 
 def test_auto_dtype_follows_the_device_the_model_runs_on(tiny_llama, tmp_path, monkeypatch):
-    monkeypatch.setattr("st_tp.config.cpu_runs_bfloat16", lambda: False)  # a CPU without native bfloat16
+    monkeypatch.setattr("st_tp.runtime.config.cpu_runs_bfloat16", lambda: False)  # a CPU without native bfloat16
     plain = st_tp.build(tiny_llama, tp=False, output_layer=3, device="cpu")
     plain.save(str(tmp_path))
     # As on a GPU machine: sentence-transformers' default device is CUDA, so the load guesses float16 ...
@@ -156,7 +156,7 @@ def test_quantization_config_passes_through_and_fails_clearly_on_cpu(tiny_llama,
         seen.update(kwargs)
         raise RuntimeError("stop here")
 
-    monkeypatch.setattr("st_tp.loading.AutoModel.from_pretrained", fake_from_pretrained)
+    monkeypatch.setattr("st_tp.runtime.loading.AutoModel.from_pretrained", fake_from_pretrained)
     with pytest.raises(RuntimeError, match="stop here"):
         st_tp.build(tiny_llama, tp_end=3, device="cuda", model_kwargs={"quantization_config": marker})
     assert seen["quantization_config"] is marker

@@ -18,8 +18,8 @@ from pathlib import Path
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from sentence_transformers import SentenceTransformer
 
-from st_tp.config import saved_dtype
-from st_tp.module import PST_FILE, TokenPrepending
+from st_tp.runtime.config import saved_dtype
+from st_tp.runtime.module import PST_FILE, TokenPrepending
 
 _EDGE_BYTES = 1 << 20
 _SETTINGS_FILES = (TokenPrepending.config_file_name, PST_FILE, "config.json")

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from st_tp.decoder import real_token_indices
-from st_tp.hf_compat import (
+from .decoder import real_token_indices
+from .hf_compat import (
     attention_function,
     attention_implementation,
     layer_hidden_states,
@@ -24,7 +24,7 @@ from st_tp.hf_compat import (
     set_attention_implementation,
     with_layer_hidden_states,
 )
-from st_tp.pass_state import PassState
+from .pass_state import PassState
 
 _WRAPPED = "st_tp_padded_"  # + the original implementation's name
 _WRAPPABLE = ("sdpa", "eager")

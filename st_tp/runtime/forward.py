@@ -24,16 +24,16 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from st_tp import packing, row_skipping
-from st_tp.config import tp_layer_range
-from st_tp.decoder import embedding_scale, find_decoder, flat, last_token_positions, resolve_layer, take_rows
-from st_tp.hf_compat import cache_kwargs, layer_hidden_states, layer_output_hidden_states, with_layer_hidden_states
-from st_tp.packing import RowLayout
-from st_tp.pass_state import PassState
-from st_tp.row_skipping import RowSkipPlan, layers_before_tp
+from . import packing, row_skipping
+from .config import tp_layer_range
+from .decoder import embedding_scale, find_decoder, flat, last_token_positions, resolve_layer, take_rows
+from .hf_compat import cache_kwargs, layer_hidden_states, layer_output_hidden_states, with_layer_hidden_states
+from .packing import RowLayout
+from .pass_state import PassState
+from .row_skipping import RowSkipPlan, layers_before_tp
 
 if TYPE_CHECKING:
-    from st_tp.prefix_cache import PrefixKV
+    from .prefix_cache import PrefixKV
 
 
 @dataclass

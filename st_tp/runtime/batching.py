@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from st_tp.prefix_cache import PrefixCacheStore, PrefixKV
-from st_tp.prompts import PromptEncoder
+from .prefix_cache import PrefixCacheStore, PrefixKV
+from .prompts import PromptEncoder
 
 # The prefix cache is used from this many shared prefix tokens on (a BOS alone is not worth a cache). Measured on the
 # 2-core CPU with SmolLM2-135M and Gemma-3-270M (benchmarks/RESULTS.md): with right-padded rows the cache is faster for

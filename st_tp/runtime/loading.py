@@ -11,8 +11,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from st_tp.config import DTYPES, resolve_dtype
-from st_tp.hf_compat import truncate_config
+from .config import DTYPES, resolve_dtype
+from .hf_compat import truncate_config
 
 
 @contextlib.contextmanager

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
 
-from st_tp.decoder import find_decoder
-from st_tp.hf_compat import cache_holding, keys_and_values
+from .decoder import find_decoder
+from .hf_compat import cache_holding, keys_and_values
 
 
 @dataclass

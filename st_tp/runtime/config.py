@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from st_tp.pst import parse_pst_init
+from .pst import parse_pst_init
 
 if TYPE_CHECKING:
     import torch
@@ -128,7 +128,7 @@ class TPConfig:
     """
 
     prompt_method: str = "prompteol"
-    """A name from ``st_tp.prompts.PROMPTS`` or ``"custom"`` (then ``template`` is required)."""
+    """A name from ``st_tp.runtime.prompts.PROMPTS`` or ``"custom"`` (then ``template`` is required)."""
     template: str | list[str] | None = None
     """Custom template(s) with ``{text}`` and, for TP, a ``<PST>`` marker. Overrides ``prompt_method``."""
     templates: dict[str, str] | None = None
@@ -159,7 +159,7 @@ class TPConfig:
     """Longer prompts are cut inside the sentence, never in the template."""
     prefix_cache: bool | str = True
     """Reuse the keys/values of the template text before the sentence (exact), wherever the shared prefix has 2+ tokens
-    (measured faster for every prompt method; see st_tp.batching); False never. "auto", which folders saved by earlier
+    (measured faster for every prompt method; see st_tp.runtime.batching); False never. "auto", which folders saved by earlier
     releases hold, reads as True."""
     num_pst: int = 1
     """Number of consecutive <PST> tokens at the marker (paper A.4); all are overwritten."""
@@ -175,7 +175,7 @@ class TPConfig:
         if self.template is None and self.prompt_method == "custom":
             raise ValueError("prompt_method='custom' needs a `template` containing '{text}'.")
         if self.template is None:
-            from st_tp.prompts import PROMPTS  # local import: prompts imports nothing from here at module level
+            from .prompts import PROMPTS  # local import: prompts imports nothing from here at module level
 
             if self.prompt_method not in PROMPTS:
                 raise ValueError(

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from st_tp.decoder import row_wise_parts, take_rows
-from st_tp.hf_compat import layer_output_hidden_states, with_output_hidden_states
-from st_tp.pass_state import PassState
+from .decoder import row_wise_parts, take_rows
+from .hf_compat import layer_output_hidden_states, with_output_hidden_states
+from .pass_state import PassState
 
 
 @dataclass
