@@ -7,6 +7,9 @@
    one-process run with 2 torch threads (goal: >= 0.9x its throughput).
 3. Peak RSS of the one-process path in a fresh process, tiny model, on two synthetic corpus sizes (default 100k and
    1M rows; goal: within 10%, i.e. memory flat in corpus size).
+4. Memory of the duplicate-id check (on by default for an id column) at 10M text ids, in a fresh process: the
+   digest set (8 bytes an id; goal: 80 MB) and the peak RSS it adds. Memory only, no timing (`--ids-only` runs
+   just this part).
 
 Rows for 1 and 2: every distinct STS sentence in ../shared/data/raw (29,525; `--rows` caps them), embedded by the
 real SmolLM2-135M built from configs/smollm2-135m-prompteol-tp.yaml (`--model tiny`: the 4-layer test model).
@@ -14,6 +17,7 @@ real SmolLM2-135M built from configs/smollm2-135m-prompteol-tp.yaml (`--model ti
     python benchmarks/bench_corpus.py                       # prints, writes nothing
     python benchmarks/bench_corpus.py --write               # also updates benchmarks/RESULTS.md
     python benchmarks/bench_corpus.py --model tiny --rows 64 --rounds 1 --rss-rows 500,1000 --skip-ray   # smoke
+    python benchmarks/bench_corpus.py --ids-only                                   # duplicate-id memory, 10M ids
 """
 
 from __future__ import annotations
@@ -106,6 +110,33 @@ def peak_rss_mib(model: str, source: Path, out: Path) -> float:
     return int(result.stdout.strip().splitlines()[-1]) / 1024
 
 
+DUPLICATE_IDS = """
+import sys; sys.path.insert(0, {root!r})
+import pyarrow as pa
+from st_tp.corpus.ids import DuplicateIds
+
+def hwm():
+    return int([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]) / 1024
+
+ids = DuplicateIds("doc_id", None, "bench")
+ids.check(pa.array(["warm-up"]), [-1])  # numpy, pandas' hash and pyarrow loaded before the baseline
+base = hwm()
+for start in range(0, {rows}, {shard}):
+    n = min({shard}, {rows} - start)
+    ids.check(pa.array([f"doc-{{i:012d}}" for i in range(start, start + n)]), list(range(start, start + n)))
+print(base, hwm(), ids.seen.nbytes() / 2**20, len(ids.seen))
+"""
+
+
+def duplicate_id_memory(rows: int) -> dict:
+    """Peak RSS (MiB) a fresh process adds while checking `rows` distinct text ids, shard by shard, for repeats."""
+    code = DUPLICATE_IDS.format(root=str(ROOT), rows=rows, shard=SHARD)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    base, peak, digests, count = (float(x) for x in result.stdout.split())
+    assert int(count) == rows + 1, "every id kept once"
+    return {"rows": rows, "digest set MiB": digests, "peak RSS added MiB": peak - base, "baseline MiB": base}
+
+
 def runs(model: str, source: Path, texts: list[str], work: Path, skip_ray: bool) -> dict:
     """The timed variants; each writes into a fresh folder of `work` per call."""
     import numpy as np
@@ -163,13 +194,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rss-rows", default="100000,1000000", help="synthetic corpus sizes for peak RSS")
     parser.add_argument("--skip-ray", action="store_true", help="leave the Ray comparison out")
     parser.add_argument("--write", action="store_true", help="replace this section of benchmarks/RESULTS.md")
+    parser.add_argument("--ids-rows", type=int, default=10_000_000, help="text ids for the duplicate-id memory")
+    parser.add_argument("--ids-only", action="store_true", help="measure only the duplicate-id memory (no model)")
     args = parser.parse_args(argv)
+    ids = duplicate_id_memory(args.ids_rows)
+    print(f"duplicate-id check, {ids['rows']:,} text ids: digest set {ids['digest set MiB']:.0f} MiB, peak RSS "
+          f"added {ids['peak RSS added MiB']:.0f} MiB", flush=True)
+    if args.ids_only:
+        return {"duplicate_ids": ids}
     import torch
 
     torch.set_num_threads(2)  # "one process with 2 threads", against 2 actors x 1 CPU
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not args.skip_ray:
-        from st_tp.ray_engine import import_ray
+        from st_tp.corpus.ray_engine import import_ray
 
         import_ray().init(num_cpus=3, include_dashboard=False, log_to_driver=False,
                           runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
@@ -216,9 +254,12 @@ def main(argv: list[str] | None = None) -> dict:
     lines += [f"| {name} | {med[name]:.1f} | {len(texts) / med[name]:.1f} |" for name in names]
     lines += ["", "| synthetic rows (tiny model, one process) | peak RSS MiB |", "|---|---|"]
     lines += [f"| {n:,} | {rss[n]:.0f} |" for n in sizes]
+    lines += ["", f"Duplicate-id check (default with an id column), {ids['rows']:,} text ids in shards of {SHARD:,}: "
+              f"digest set {ids['digest set MiB']:.0f} MiB, peak RSS added {ids['peak RSS added MiB']:.0f} MiB."]
     report = "\n".join(lines + ratio_lines(ratios))
     print(report)
-    result = {"seconds_per_round": times, "median_s": med, "ratios": ratios, "peak_rss_mib": rss, "agreement": agree}
+    result = {"seconds_per_round": times, "median_s": med, "ratios": ratios, "peak_rss_mib": rss, "agreement": agree,
+              "duplicate_ids": ids}
     print(json.dumps(result))
     if args.write:
         write_section("bench_corpus.py (CPU)", report)

@@ -65,16 +65,17 @@ def model_flops(module, features: dict) -> dict[str, int]:
     def linear_weights(modules) -> int:
         return sum(m.weight.numel() for m in modules if isinstance(m, nn.Linear))
 
-    decoder = find_decoder(module.auto_model)
-    layers = decoder.layers[: min(module.exit_layer, len(decoder.layers))]
+    runner = module.runner
+    decoder = find_decoder(runner.model)
+    layers = decoder.layers[: min(runner.exit_layer, len(decoder.layers))]
     per_token = sum(linear_weights(layer.modules()) for layer in layers)
     # Weights that skip a row: in the last layer that runs (all but the last tokens), and before a TP layer (<PST>).
     skipping = [sum(linear_weights(part.modules()) for part in read_rows_only_parts(layer)) for layer in layers]
-    before_tp = sum(skipping[i] for i in layers_before_tp(module.tp_layers, len(layers) - 1))
+    before_tp = sum(skipping[i] for i in layers_before_tp(runner.tp_layers, len(layers) - 1))
     cfg = decoder.config
     attention_width = cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
     tokens = rows = pst_slots = pairs = 0
-    for batch in module.template_batches(features):
+    for batch in runner.template_batches(features):
         mask = batch.attention_mask
         past = batch.prefix.length if batch.prefix is not None else 0
         tokens += int(mask.sum())

@@ -101,8 +101,8 @@ def dtype_run(args: argparse.Namespace) -> str:
     """Each model's PromptEOL+TP preset (configs/<model>-prompteol-tp.yaml) at each of `args.dtypes`: what the
     default dtype ('auto', bfloat16 on a CPU that runs it natively) costs in quality against float32."""
     import st_tp
-    from st_tp.runtime.config import resolve_dtype
     from st_tp.evaluation import local_tasks, run_mteb
+    from st_tp.runtime.config import resolve_dtype
 
     torch.set_num_threads(args.threads)
     tasks = local_tasks(DATA, TASKS, sample=args.sample)
@@ -119,7 +119,7 @@ def dtype_run(args: argparse.Namespace) -> str:
             row = [100 * scores[t.metadata.name] for t in tasks]
             table.append(("prompteol", f"preset, dtype {dtype} (runs in {runs_in})", row))
             print(f"{model} dtype {dtype} ({runs_in}): STS avg {sum(row[:7]) / 7:.2f}", flush=True)
-        sections.append(format_table(model, st[0].total_layers, table))
+        sections.append(format_table(model, st[0].runner.total_layers, table))
     if args.reference:  # a trained sentence encoder on the same tasks, for scale
         from sentence_transformers import SentenceTransformer
 

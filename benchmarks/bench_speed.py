@@ -83,7 +83,7 @@ def build_variant(base: str, name: str):
         with torch.inference_mode():
             for start in range(0, len(texts), 32):
                 features = module.preprocess([texts[i] for i in order[start : start + 32]])
-                naive_tp_forward(module.auto_model, features["input_ids"], features["attention_mask"],
+                naive_tp_forward(module.runner.model, features["input_ids"], features["attention_mask"],
                                  features["pst_positions"][:, 0], tp_layers=list(range(1, TP_END)), output_layer=EXIT)
 
     return embed_naive
@@ -222,7 +222,7 @@ def real_main(args, base: str) -> None:
             if name == "vanilla_last_float32":
                 module = model[0]
                 lengths = [len(module.prompt_encoders(False)[0].encode(t).input_ids) for t in texts["st_native_float32"]]
-                flops["st_native_float32"] = flops["st_native_bfloat16"] = native_flops(find_decoder(module.auto_model), lengths)
+                flops["st_native_float32"] = flops["st_native_bfloat16"] = native_flops(find_decoder(module.runner.model), lengths)
     check = sentences(64)
     a, b = fns["st_native_float32"](check), fns["vanilla_last_float32"](check)
     agreement = float(np.min((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))

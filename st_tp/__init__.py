@@ -8,11 +8,11 @@ import importlib
 _EXPORTS = {
     "PROMPTS": "st_tp.runtime.prompts",
     "TPConfig": "st_tp.runtime.config",
-    "TokenPrepending": "st_tp.runtime.module",
+    "TokenPrepending": "token_prepending",  # st_tp.runtime.module's class, under the name saved folders use
     "build": "st_tp.builder",
     "CorpusOptions": "st_tp.corpus",
     "embed_corpus": "st_tp.corpus",
-    "embed_dataset": "st_tp.ray_engine",  # Ray is imported only when this is called
+    "embed_dataset": "st_tp.corpus.ray_engine",  # Ray is imported only when this is called
     "load_preset": "st_tp.runtime.config",
     "tp_forward": "st_tp.runtime.forward",
 }

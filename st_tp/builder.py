@@ -8,9 +8,10 @@ from typing import Any
 from sentence_transformers import SentenceTransformer
 
 from st_tp.base_model import resolve_base_model
-from st_tp.runtime.config import TPConfig, load_preset, resolve_device
 from st_tp.model_card import attach_model_card
-from st_tp.runtime.module import TokenPrepending
+from st_tp.presets import find_preset
+from st_tp.runtime.config import TPConfig, load_preset, resolve_device
+from token_prepending import TokenPrepending  # the class saved folders name (loads with or without st_tp)
 
 
 def build(
@@ -26,7 +27,8 @@ def build(
     Args:
         base_model: hub id or local folder of a decoder-only LLM (e.g. "meta-llama/Llama-2-7b-hf"), or
             `packaged:<name>` for a GGUF model installed as a Python package (see `st_tp.base_model.PACKAGED`).
-        config: a YAML preset path (see configs/) or a TPConfig; defaults to TPConfig().
+        config: a preset name (e.g. "install-check", "smollm2-135m-prompteol-tp"; see st_tp.presets), a YAML
+            preset path, or a TPConfig; defaults to TPConfig().
         gguf_file: a GGUF file inside the `base_model` folder; tokenizer, config and weights are read from it (once,
             then cached as a plain folder), and the saved model is an ordinary st_tp folder.
         model_kwargs: extra arguments for the HF model loader (e.g. attn_implementation, device_map).
@@ -35,7 +37,7 @@ def build(
     if isinstance(config, TPConfig):
         tp_config = config
     elif config is not None:
-        _, tp_config = load_preset(config)
+        _, tp_config = load_preset(find_preset(config))
     else:
         tp_config = TPConfig()
     tp_config = tp_config.replace(**overrides)

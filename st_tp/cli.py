@@ -8,18 +8,45 @@ happen inside the commands, so `st-tp --help` answers at once.
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import sys
 from pathlib import Path
 
 from st_tp.runtime.config import DTYPES
 
-PRESET_DIRS = [Path.cwd() / "configs", Path(__file__).resolve().parents[1] / "configs"]
-
 
 class CliError(ValueError):
     """A mistake on the command line; printed as one line."""
+
+
+# The library names its settings (st_tp.corpus: `text_column`, `input ...`); only the CLI speaks in flags. This one
+# table maps each setting to its flag when a library error is printed (flag_message).
+SETTING_FLAGS = {
+    "input": "--input", "output": "--output", "text_column": "--text-column", "id_column": "--id-column",
+    "keep_columns": "--keep-columns", "batch_size": "--batch-size", "shard_size": "--shard-size",
+    "device": "--device", "normalize": "--normalize", "output_dtype": "--output-dtype", "on_bad_row": "--on-bad-row",
+    "keep_duplicate_ids": "--keep-duplicate-ids", "engine": "--engine", "actors": "--actors",
+    "cpus_per_actor": "--cpus-per-actor", "gpus_per_actor": "--gpus-per-actor", "address": "--address",
+    "verbose": "--verbose",
+}
+_ONE_WORD = sorted((name for name in SETTING_FLAGS if "_" not in name), key=len, reverse=True)
+_SETTING = "|".join(sorted(SETTING_FLAGS, key=len, reverse=True))
+
+
+def flag_message(message: str) -> str:
+    """A library message in the CLI's words: `name=value` -> `--flag value` (a True switch: `--flag`), an
+    underscored setting name -> its flag, and a message that starts with a one-word setting (`input X: ...`) ->
+    `--input X: ...`. A setting named as a manifest key (`setting shard_size: was ...`) stays as written there."""
+    import re
+
+    def assignment(match: re.Match) -> str:
+        flag, value = SETTING_FLAGS[match.group(1)], match.group(2).strip("'\"")
+        return flag if value == "True" else f"{flag} {value}"
+
+    message = re.sub(rf"\b({_SETTING})=('[^']*'|\"[^\"]*\"|[^\s,;)]+)", assignment, message)
+    message = re.sub(rf"(?<!setting )(?<![-\w])({'|'.join(n for n in SETTING_FLAGS if '_' in n)})\b",
+                     lambda m: SETTING_FLAGS[m.group(1)], message)
+    return re.sub(rf"^({'|'.join(_ONE_WORD)}) ", lambda m: SETTING_FLAGS[m.group(1)] + " ", message)
 
 
 def _parse_overrides(pairs: list[str]) -> dict:
@@ -42,17 +69,13 @@ def _existing_file(path: str, option: str) -> Path:
 
 
 def find_preset(name_or_path: str) -> Path:
-    """A preset file path, or a preset name from configs/ (e.g. llama2-7b-prompteol-tp)."""
-    if Path(name_or_path).is_file():
-        return Path(name_or_path)
-    for folder in PRESET_DIRS:
-        candidate = folder / f"{Path(name_or_path).name.removesuffix('.yaml')}.yaml"
-        if candidate.is_file():
-            return candidate
-    available = sorted({p.stem for folder in PRESET_DIRS if folder.is_dir() for p in folder.glob("*.yaml")})
-    close = difflib.get_close_matches(Path(name_or_path).name.removesuffix(".yaml"), available, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]}?" if close else "."
-    raise CliError(f"--config {name_or_path}: no such preset file or name{hint} Presets: {', '.join(available) or 'none found'}.")
+    """A preset file path, or a preset name (e.g. llama2-7b-prompteol-tp): st_tp.presets.find_preset, as a CLI error."""
+    from st_tp.presets import find_preset as find
+
+    try:
+        return find(name_or_path)
+    except ValueError as error:
+        raise CliError(f"--config {error}") from None
 
 
 def _check_device(device: str | None) -> None:
@@ -72,17 +95,6 @@ def _check_model(name: str) -> None:
     from st_tp.base_model import check_model_reachable
 
     check_model_reachable(name)
-
-
-def _npy_path(output: str) -> Path:
-    """Where np.save really writes (it appends .npy), checked writable before any work is done."""
-    path = Path(output if output.endswith(".npy") else output + ".npy")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise CliError(f"--output {output}: the folder {folder} does not exist; create it first (mkdir -p {folder}).")
-    if not os.access(folder, os.W_OK):
-        raise CliError(f"--output {output}: the folder {folder} is not writable.")
-    return path
 
 
 # ---- commands ---------------------------------------------------------------------------------------------------
@@ -137,63 +149,49 @@ def _corpus_options(args: argparse.Namespace):
     return CorpusOptions(text_column=args.text_column, id_column=args.id_column, keep_columns=keep,
                          batch_size=args.batch_size, shard_size=args.shard_size, device=args.device,
                          normalize=args.normalize, output_dtype=args.output_dtype,
-                         on_bad_row="skip" if args.skip_empty else args.on_bad_row, engine=args.engine,
-                         actors=args.actors, cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
-                         address=args.address)
+                         on_bad_row="skip" if args.skip_empty else args.on_bad_row,
+                         keep_duplicate_ids=args.keep_duplicate_ids, engine=args.engine, actors=args.actors,
+                         cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor, address=args.address,
+                         verbose=args.verbose)
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
-    """A folder --output (DIR/) gets the streamed, resumable Parquet dataset; anything else one .npy, in memory."""
-    from st_tp.corpus import CorpusInput
-
-    options = _corpus_options(args)
-    source = CorpusInput.resolve(args.input)
-    if args.output.endswith(("/", os.sep)) or Path(args.output).is_dir():
-        return _encode_dataset(args, source, options)
-    if args.engine == "ray":
-        raise CliError(f"--engine ray writes a Parquet dataset: give --output a folder ending in / "
-                       f"(e.g. --output {args.output.removesuffix('.npy')}/).")
-    output = _npy_path(args.output)
-    _check_model(args.model)
-    _check_device(args.device)
-    from st_tp.corpus import read_all_texts
-
-    txt = source.format == "txt"
-    sentences, read, skipped = read_all_texts(args.input, options, allow_empty=txt and not args.skip_empty)
-    if not sentences:
-        raise CliError(f"--input {args.input}: no sentences to embed.")
-    import numpy as np
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(args.model, trust_remote_code=True, device=args.device)
-    embeddings = model.encode(sentences, batch_size=args.batch_size, show_progress_bar=True,
-                              normalize_embeddings=args.normalize)
-    np.save(output, embeddings.astype(args.output_dtype, copy=False))
-    kind = "lines" if txt else "rows"
-    skipped_note = f" ({skipped} {'empty lines' if txt else 'bad rows'} skipped)" if skipped or args.skip_empty else ""
-    print(f"Read {read} {kind} from {args.input}{skipped_note}; wrote {embeddings.shape[0]} embeddings of dimension "
-          f"{embeddings.shape[1]} to {output}{_folder_dtype_note(args.model, str(model.device))}")
-    if args.similarity:
-        print(similarity_table(sentences, model.similarity(embeddings, embeddings).numpy()))
-
-
-def _encode_dataset(args: argparse.Namespace, source, options) -> None:
-    """The corpus path: streamed in, shard by shard out, resumable; one process or Ray."""
-    if args.similarity:
-        raise CliError("--similarity prints every pair of a few lines; it needs an .npy --output, not a folder.")
-    if not Path(args.model).is_dir():
-        _check_model(args.model)
-        raise CliError(f"{args.model}: a dataset --output needs a saved model folder (st-tp build ... --out DIR), "
-                       "which every worker loads by path and a resume checks is unchanged.")
-    _check_device(args.device)
-    if options.engine == "ray":
-        from st_tp.ray_engine import import_ray
-
-        import_ray()
+    """A folder --output (DIR/) gets the streamed, resumable Parquet dataset; anything else one .npy, in memory:
+    both written by st_tp.corpus.embed_corpus; this only checks the command line and prints."""
     from st_tp.corpus import embed_corpus
 
-    summary = embed_corpus(source.spec, args.output, args.model, options)
-    print(summary.line(args.input) + _folder_dtype_note(args.model, args.device))
+    options = _corpus_options(args)
+    folder = args.output.endswith(("/", os.sep)) or Path(args.output).is_dir()
+    if folder:
+        if args.similarity:
+            raise CliError("--similarity prints every pair of a few lines; it needs an .npy --output, not a folder.")
+        if not Path(args.model).is_dir():
+            _check_model(args.model)
+            raise CliError(f"{args.model}: a dataset --output needs a saved model folder (st-tp build ... --out DIR), "
+                           "which every worker loads by path and a resume checks is unchanged.")
+    elif args.engine == "ray":
+        raise CliError(f"--engine ray writes a Parquet dataset: give --output a folder ending in / "
+                       f"(e.g. --output {args.output.removesuffix('.npy')}/).")
+    else:
+        _check_model(args.model)
+    _check_device(args.device)
+    if args.engine == "ray":
+        from st_tp.corpus.ray_engine import import_ray
+
+        import_ray()
+    output = args.output if folder or args.output.endswith(".npy") else args.output + ".npy"  # as np.save names it
+    summary = embed_corpus(args.input, output, args.model, options)
+    if folder:
+        print(summary.line(args.input) + _folder_dtype_note(args.model, args.device))
+        return
+    skipped = summary.bad_skipped
+    skipped_note = (f" ({skipped} {'empty lines' if summary.kind == 'lines' else 'bad rows'} skipped)"
+                    if skipped or args.skip_empty else "")
+    print(f"Read {summary.rows_read} {summary.kind} from {args.input}{skipped_note}; wrote {summary.rows_written} "
+          f"embeddings of dimension {summary.dim} to {summary.output}{_folder_dtype_note(args.model, summary.device)}")
+    if args.similarity:
+        embeddings = summary.embeddings
+        print(similarity_table(summary.texts, summary.model.similarity(embeddings, embeddings).numpy()))
 
 
 def similarity_table(sentences: list[str], scores) -> str:
@@ -279,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build", help="build a TP SentenceTransformer from a base model and save it")
     p.add_argument("base", nargs="?", help="hub id, local folder, or packaged:<name> of the base LLM (default: the preset's base_model)")
-    p.add_argument("--config", help="a preset: a YAML file or a name from configs/ (e.g. smollm2-135m-prompteol-tp)")
+    p.add_argument("--config", help="a preset: a YAML file or a preset name (e.g. smollm2-135m-prompteol-tp; a typo gets a did-you-mean)")
     p.add_argument("--out", required=True, help="folder to save the model to")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a TPConfig key (repeatable)")
     p.add_argument("--dtype", choices=DTYPES, help="weights dtype (auto: float16 on CUDA, bfloat16 on a CPU that runs it natively, else float32)")
@@ -314,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-actor", type=float, default=0, help="--engine ray: GPUs per actor; > 0 runs on cuda, "
                    "0 (default) on CPU with CUDA hidden")
     p.add_argument("--address", help="--engine ray: the cluster to join (default $RAY_ADDRESS, else a local one)")
+    p.add_argument("--keep-duplicate-ids", action="store_true", help="write rows whose --id-column value repeats "
+                   "(default: stop at the first repeat, naming the id and both rows)")
+    p.add_argument("--verbose", action="store_true", help="--engine ray: show Ray's own INFO logs, worker output and "
+                   "progress bars (default: warnings only)")
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("sweep", help="dev score for every tp_end x output_layer (+ vanilla); plots and best.yaml")
@@ -334,11 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mteb", help="evaluate models on MTEB task sets (the paper's appendix) or local TSV data")
     p.add_argument("models", nargs="*", help="saved st_tp folders or any SentenceTransformer model")
-    p.add_argument("--tasks", default="appendix", help="classification, pair-classification, reranking, clustering, "
-                   "summarization, sts, appendix, or comma-separated task names")
+    p.add_argument("--tasks", default="appendix", help="a task set (classification, pair-classification, reranking, "
+                   "clustering, summarization, sts, appendix, retrieval) or comma-separated task names, mixed freely "
+                   "(e.g. sts,Banking77Classification)")
     p.add_argument("--output-folder", default="mteb-results", help="results cache and summary.md go here (default mteb-results)")
     p.add_argument("--local-data", help="folder of TSV files (see ../shared/data/SOURCES.md) instead of the hub")
-    p.add_argument("--limit", type=int, help="with --local-data: first N test rows per task")
+    p.add_argument("--limit", type=int, help="with --local-data: first N test rows per task (a quick check; "
+                   "summary.md marks it as a slice and leaves the paper's figures off)")
     p.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass (default 32)")
     p.add_argument("--device", help="torch device: cpu, cuda, cuda:1, mps (default: the best available)")
     p.add_argument("--list", action="store_true", help="print the resolved task list and exit (no download)")
@@ -357,8 +361,11 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except (ValueError, OSError) as error:  # configuration mistakes and hub/disk errors: one clear line, no traceback
         message = " ".join(str(error).split())  # transformers' hub errors span several lines
-        print(f"st-tp: error: {message}", file=sys.stderr)
+        print(f"st-tp: error: {flag_message(message)}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: one line (a corpus run says what it kept), the shell's 130
+        print(f"\nst-tp: {interrupt if str(interrupt) else 'interrupted'}", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

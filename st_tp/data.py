@@ -1,6 +1,6 @@
 """Reading text inputs: the evaluation TSV files (../shared/data/SOURCES.md: a header line, tab-separated, no
-quoting), and the UTF-8 check every text file st_tp reads goes through first (`encode --input`, `sweep --dev`,
-`mteb --local-data`), so a file in another encoding ends in one line that names the file, the line and the fix."""
+quoting), and the UTF-8 check every text file st_tp reads goes through first (a corpus input, a sweep's dev file,
+the evaluation's local data), so a file in another encoding ends in one line that names the file, the line and the fix."""
 
 from __future__ import annotations
 

@@ -3,17 +3,19 @@
 Runs with different tp_end are identical up to the input of layer tp_end (before its <PST> overwrite). So one TP
 pass at the largest tp_end, recorded by `LayerRecorder`, serves every smaller tp_end: `continue_layers` runs the rest
 without TP from the recorded input and the recorded layer kwargs (masks, rotary embeddings, which do not depend on
-TP), so it works for any architecture the TP hooks support. The recorder exists only for the sweep's pass; the TP
-hooks themselves know nothing of it.
+TP), so it works for any architecture the TP hooks support. `TPEndRecorder` puts the two together as the TP runner's
+`recorder=` hook; the TP hooks themselves know nothing of it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import contextlib
+from collections.abc import Collection, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from st_tp.runtime.batching import TemplateBatch
 from st_tp.runtime.decoder import final_norm, find_decoder, last_token_positions, real_token_indices
 from st_tp.runtime.forward import install_hooks
 from st_tp.runtime.hf_compat import layer_hidden_states, layer_output_hidden_states, with_cache
@@ -77,3 +79,28 @@ def continue_layers(
     captured[len(decoder.layers)] = norm(hidden)[rows, last]
     return captured
 
+
+class TPEndRecorder:
+    """The sweep's recorder (st_tp.runtime.runner.Recorder) for a runner whose TP layers end at the largest of
+    `tp_ends`: while that pass runs it keeps the input of each smaller tp_end's layer, then resumes from each without
+    TP. Its results: {(tp_end, k): last-token states} for every tp_end and every hidden_states index k the pass
+    captured (the runner must capture all of 0..total_layers)."""
+
+    def __init__(self, tp_ends: Sequence[int], total_layers: int) -> None:
+        *self.smaller, self.largest = sorted(tp_ends)
+        self.total_layers = total_layers
+        self.whole_inputs = frozenset(self.smaller)  # each < the largest tp_end <= total_layers
+        self.layers: LayerRecorder | None = None
+
+    @contextlib.contextmanager
+    def watch(self, model: nn.Module) -> Iterator[None]:
+        with LayerRecorder(model, self.whole_inputs) as self.layers:
+            yield
+
+    def results(self, model: nn.Module, batch: TemplateBatch, captured: dict[int, Tensor]) -> dict[tuple[int, int], Tensor]:
+        cells = {(self.largest, k): v for k, v in captured.items()}
+        for e in self.smaller:
+            resumed = continue_layers(model, self.layers, e, batch.attention_mask, batch.prefix)
+            for k in range(self.total_layers + 1):  # states at or before layer e saw exactly the TP layers of this tp_end
+                cells[(e, k)] = resumed[k] if k > e else captured[k]
+        return cells

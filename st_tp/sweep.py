@@ -21,11 +21,10 @@ from sentence_transformers.util import batch_to_device
 from tqdm.auto import tqdm
 
 from st_tp.base_model import resolve_base_model
-from st_tp.runtime.config import TPConfig, resolve_device
 from st_tp.data import read_pairs
-from st_tp.runtime.forward import run_layers
-from st_tp.runtime.module import TemplateBatch, TokenPrepending, average_over_templates
-from st_tp.resume import LayerRecorder, continue_layers
+from st_tp.resume import TPEndRecorder
+from st_tp.runtime.config import TPConfig, resolve_device
+from st_tp.runtime.module import TokenPrepending
 
 VANILLA = "vanilla"
 
@@ -86,14 +85,16 @@ def sweep(
         raise ValueError(f"metric must be 'spearman' or 'pearson', got {metric!r}.")
     tp_ends = sorted(set(tp_ends))
     if not tp_ends:
-        raise ValueError("give at least one tp_end (e.g. --tp-end 2..12).")
-    # TPConfig checks the smallest tp_end against tp_start, and the module the largest against the model's depth.
+        raise ValueError("tp_ends is empty: give at least one tp_end (e.g. tp_ends=range(2, 13)).")
+    # The model runs TP up to the largest tp_end (its runner checks it against the model's depth); the smallest, too,
+    # goes through TPConfig's check against tp_start.
     config = TPConfig(prompt_method=prompt_method if template is None else "custom", template=template, tp_start=tp_start,
-                      tp_end=tp_ends[0], output_layer=-1, dtype=dtype, device=device)
-    module = TokenPrepending(resolve_base_model(base_model, gguf_file).path, config.replace(tp_end=tp_ends[-1]))
-    module.to(resolve_device(device))
-    device = module.pst_embedding.device
-    total_layers = module.total_layers
+                      tp_end=tp_ends[-1], output_layer=-1, dtype=dtype, device=device)
+    config.replace(tp_end=tp_ends[0])
+    module = TokenPrepending(resolve_base_model(base_model, gguf_file).path, config)
+    runner = module.to(resolve_device(device)).runner
+    device = runner.pst_embedding.device
+    total_layers = runner.total_layers
     s1, s2, gold = read_pairs(dev, limit, sample)
     order = np.argsort([-(len(a) + len(b)) for a, b in zip(s1, s2, strict=True)])  # length-sorted pairs: little padding
     every_layer = range(total_layers + 1)
@@ -102,9 +103,12 @@ def sweep(
     for pair_ids in tqdm(batches, desc=f"sweep ({len(tp_ends)} tp_end{' + vanilla' if include_vanilla else ''})", disable=not show_progress_bar):
         texts = [s1[i] for i in pair_ids] + [s2[i] for i in pair_ids]
         with torch.inference_mode():
-            cells = _tp_cells(module, batch_to_device(module.preprocess(texts, tp=True), device), tp_ends)
+            # Every (tp_end, k), averaged over the templates: one recorded pass at the largest tp_end per template;
+            # every smaller tp_end resumes from that pass's input to its layer tp_end (st_tp.resume).
+            tp_features = batch_to_device(module.preprocess(texts, tp=True), device)
+            cells = runner.last_token_states(tp_features, every_layer, recorder=TPEndRecorder(tp_ends, total_layers))
             if include_vanilla:
-                vanilla = module.last_token_states(batch_to_device(module.preprocess(texts, tp=False), device), every_layer)
+                vanilla = runner.last_token_states(batch_to_device(module.preprocess(texts, tp=False), device), every_layer)
                 cells.update({(VANILLA, k): v for k, v in vanilla.items()})
         for (e, k), states in cells.items():
             cosines[e][k].append(_cosine(states))
@@ -114,28 +118,6 @@ def sweep(
         warnings.simplefilter("ignore")
         scores = {e: [float(score(gold_sorted, np.concatenate(c)).statistic) for c in row] for e, row in cosines.items()}
     return SweepResult(scores=scores, total_layers=total_layers, metric=metric, tp_start=tp_start)
-
-
-def _tp_cells(module: TokenPrepending, features: dict, tp_ends: list[int]) -> dict:
-    """Last-token states for every (tp_end, k), averaged over the templates: one full pass at max(tp_ends) per
-    template, recorded; every smaller tp_end resumes from that pass's input to its layer tp_end."""
-    largest, total_layers = tp_ends[-1], module.total_layers
-
-    def run(batch: TemplateBatch) -> dict:
-        with LayerRecorder(module.auto_model, [e for e in tp_ends[:-1] if e < total_layers]) as recorder:
-            captured = run_layers(
-                module.auto_model, batch.input_ids, batch.attention_mask, batch.pst_positions,
-                tp_layers=module.tp_layers, capture=range(total_layers + 1), pst_embedding=module.pst_embedding,
-                prefix=batch.prefix, total_layers=total_layers, whole_inputs=recorder.save_inputs,
-            )
-        cells = {(largest, k): v for k, v in captured.items()}
-        for e in tp_ends[:-1]:
-            resumed = continue_layers(module.auto_model, recorder, e, batch.attention_mask, batch.prefix) if e < total_layers else {}
-            for k in range(total_layers + 1):  # states at or before layer e saw exactly the TP layers of this tp_end
-                cells[(e, k)] = resumed[k] if k > e else captured[k]
-        return cells
-
-    return average_over_templates(module.template_batches(features), run)
 
 
 def write_outputs(result: SweepResult, out: str | Path, base_model: str, prompt_method: str, dev: str) -> None:

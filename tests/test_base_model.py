@@ -41,7 +41,7 @@ def test_build_from_gguf_equals_transformers_own_gguf_load(smollm2_gguf, transfo
     model = st_tp.build(folder, gguf_file=name, prompt_method="prompteol", tp=tp, tp_start=1, tp_end=3, output_layer=-1,
                         dtype="float32", device="cpu", prefix_cache=False)
     module = model[0]
-    assert len(module.auto_model.layers) == 30 and module.get_embedding_dimension() == 576
+    assert len(module.runner.model.layers) == 30 and module.get_embedding_dimension() == 576
     got = np.stack([model.encode([s])[0] for s in SENTENCES])  # one at a time: same shapes on both sides
     reference = transformers_gguf_model
     for row, sentence in enumerate(SENTENCES):  # one at a time: no padding on the reference side
@@ -61,7 +61,7 @@ def test_saved_gguf_model_loads_without_gguf(smollm2_gguf, tmp_path):
     assert not list(tmp_path.glob("*.gguf")) and (tmp_path / "model.safetensors").exists()
     loaded = SentenceTransformer(str(tmp_path), trust_remote_code=True, device="cpu")
     assert np.array_equal(model.encode(SENTENCES), loaded.encode(SENTENCES))
-    assert len(loaded[0].auto_model.layers) == 10  # pruned at the exit, as for any base model
+    assert len(loaded[0].runner.model.layers) == 10  # pruned at the exit, as for any base model
 
 
 @pytest.mark.slow

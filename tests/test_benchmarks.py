@@ -82,7 +82,9 @@ def test_corpus_benchmark_smoke_run(data_dir):
     paths give the plain .npy's embeddings, and the figures it prints are there."""
     from benchmarks.bench_corpus import main as bench_corpus
 
-    result = bench_corpus(["--model", "tiny", "--rows", "48", "--rounds", "1", "--rss-rows", "300", "--skip-ray"])
+    result = bench_corpus(["--model", "tiny", "--rows", "48", "--rounds", "1", "--rss-rows", "300", "--skip-ray",
+                           "--ids-rows", "30000"])
+    assert result["duplicate_ids"]["digest set MiB"] * 2**20 == 8 * 30_001  # 8 bytes an id (+ the warm-up id)
     assert result["agreement"]["local"]["min cosine"] > 0.999  # joined on id; bfloat16 where the CPU runs it
     assert set(result["median_s"]) == {"plain model.encode (.npy)", "one-process streaming (2 threads)"}
     assert any(k.startswith("one-process streaming / plain") for k in result["ratios"]) and result["peak_rss_mib"][300] > 0

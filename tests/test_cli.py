@@ -163,7 +163,64 @@ def test_sweep_rejects_tp_end_past_the_last_layer(tiny_llama, data_dir, tmp_path
 
 def test_readme_says_llama2_is_gated_and_pyproject_uses_spdx():
     """Items 9 and 10."""
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "models-and-presets.md").read_text()  # the README links it ("Hub models, gated Llama-2")
     assert "hf auth login" in readme and "gated" in readme
     license_field = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]
     assert license_field == "MIT"
+
+
+# ---- issue 35: what the README's examples do ---------------------------------------------------------------------
+def test_mteb_runs_every_comma_separated_task_and_marks_a_slice(saved, tmp_path, data_dir, capsys):
+    """`--tasks STSBenchmark,SICK-R` runs both tasks (it was read as one name), and a `--limit` run's summary.md
+    says it holds a slice and leaves the paper's full-set figures off."""
+    out = tmp_path / "mteb"
+    main(["mteb", str(saved), "--tasks", "STSBenchmark,SICK-R", "--local-data", str(data_dir), "--limit", "20",
+          "--output-folder", str(out)])
+    summary = (out / "summary.md").read_text()
+    rows = [line for line in summary.splitlines() if line.startswith(("| STSBenchmark-local", "| SICK-R-local"))]
+    assert len(rows) == 2, summary
+    assert "A slice: the first 20 test rows of each task" in summary and "Task (first 20 rows)" in summary
+    assert "paper" not in summary.split("## Models")[0].replace("the paper's figures are left off", "")
+    assert "71.66" not in summary and "80.67" not in summary  # the paper's STS-B figures
+
+
+def test_mteb_unknown_task_is_one_line(saved, tmp_path, data_dir, capsys, no_network):
+    err = _error(capsys, ["mteb", str(saved), "--tasks", "STSBenchmark,SICK-Rr", "--output-folder", str(tmp_path)])
+    assert "unknown task 'SICK-Rr' not found. Did you mean: 'SICK-R'?" in err and "retrieval" in err
+    err = _error(capsys, ["mteb", "--tasks", "STSBenchmark,NoSuchTask", "--local-data", str(data_dir), "--list"])
+    assert "no local file for task(s) NoSuchTask" in err
+    err = _error(capsys, ["mteb", str(saved), "--tasks", "STSBenchmark", "--limit", "20", "--output-folder", str(tmp_path)])
+    assert "--limit slices the local TSV tasks only: add --local-data DIR" in err  # not a silent full run
+
+
+def test_mteb_help_lists_every_task_set(capsys):
+    from st_tp.evaluation.tasks import TASK_SETS
+
+    with pytest.raises(SystemExit):
+        main(["mteb", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in TASK_SETS), [name for name in TASK_SETS if name not in text]
+
+
+def test_build_takes_a_preset_name_from_any_folder(tiny_llama, tmp_path, monkeypatch, capsys):
+    """st_tp.build takes the CLI's preset names (one resolution, st_tp.presets), from any working folder, and a
+    typo gets a did-you-mean."""
+    import st_tp
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the shipped presets answer
+    model = st_tp.build(tiny_llama, "install-check", device="cpu")
+    assert (model[0].tp_config.tp_end, model[0].tp_config.output_layer) == (3, 3)
+    with pytest.raises(ValueError, match="install-chek: no such preset file or name; did you mean install-check?"):
+        st_tp.build(tiny_llama, "install-chek")
+    err = _error(capsys, ["build", tiny_llama, "--config", "install-chek", "--out", str(tmp_path / "m")])
+    assert "--config install-chek: no such preset file or name; did you mean install-check?" in err
+
+
+def test_presets_ship_as_package_data():
+    """A non-editable install carries the presets: they live in the package and pyproject declares them."""
+    from st_tp.presets import PRESET_FOLDER, preset_names
+
+    assert PRESET_FOLDER == ROOT / "st_tp" / "presets" and "smollm2-135m-prompteol-tp" in preset_names()
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["st_tp"]
+    assert "presets/*.yaml" in package_data
+    assert (ROOT / "configs").resolve() == PRESET_FOLDER  # the clone's old path still reads the same files

@@ -163,7 +163,7 @@ def test_resume_with_another_model_or_setting_refuses(inputs, model_dir, tmp_pat
     shutil.copytree(model_dir, other)
     err = _error(capsys, ["encode", str(other), *argv[2:]])
     assert f"holds a run with another model folder: was '{model_dir.resolve()}', now '{other.resolve()}'" in err
-    assert "or write to a new --output folder" in err
+    assert "or write to a new output folder" in err
     assert "setting normalize: was False, now True" in _error(capsys, [*argv, "--normalize"])
     assert "setting shard_size: was 100, now 50" in _error(capsys, [*argv[:-1], "50"])
     (tmp_path / "taken").mkdir()
@@ -186,7 +186,7 @@ def test_bad_rows_are_named_or_skipped_and_counted(model_dir, tmp_path, capsys):
     (tmp_path / "nonstring.jsonl").write_text('{"id": "x", "text": 7}\n')
     err = _error(capsys, ["encode", str(model_dir), "--input", str(tmp_path / "nonstring.jsonl"), "--id-column", "id",
                           "--output", f"{tmp_path}/out2/"])
-    assert "row 0 (id 'x') has a text (column 'text') that is not a string (int64)" in err
+    assert "the text column 'text' (--text-column) holds int64 values from row 0 on, not strings" in err
     (tmp_path / "blank.txt").write_text("one\n\nthree\n")
     err = _error(capsys, ["encode", str(model_dir), "--input", str(tmp_path / "blank.txt"), "--output", f"{tmp_path}/out3/"])
     assert "blank.txt: line 2 (row id 1) is an empty line" in err
@@ -329,3 +329,62 @@ def test_ray_run_survives_a_killed_actor(ray_cluster, inputs, model_dir, rows, t
     table = read_output(tmp_path / "out")
     assert table["id"].to_pylist() == list(range(4 * ROWS))
     assert np.isfinite(embeddings(table)).all()
+
+
+# ---- issue 33 under Ray: the same one line, resume in rows, a cluster we started is shut down --------------------
+def test_ray_names_a_malformed_jsonl_line_in_the_last_line(ray_cluster, model_dir, tmp_path, capsys):
+    source = tmp_path / "broken.jsonl"
+    lines = [json.dumps({"text": f"sentence {i}"}) for i in range(20)]
+    lines[10] = '{"text": "no closing brace"'
+    source.write_text("\n".join(lines) + "\n")
+    argv = ["encode", str(model_dir), "--input", str(source), "--output", f"{tmp_path}/{{}}/"]
+    local = _error(capsys, [*argv[:-1], argv[-1].format("local")])
+    by_ray = _error(capsys, [*argv[:-1], argv[-1].format("ray"), "--engine", "ray"])
+    assert by_ray == local and f"{source} line 11: not JSON" in by_ray, by_ray
+
+
+def test_ray_resume_inside_one_file_embeds_only_the_unfinished_rows(ray_cluster, model_dir, tmp_path):
+    source = tmp_path / "one.jsonl"
+    source.write_text("".join(json.dumps({"text": f"sentence number {i} {'word ' * (i % 9)}"}) + "\n" for i in range(200)))
+    settings = dict(engine="ray", actors=2, batch_size=8, shard_size=40, progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_three(meta):
+        if meta["shard"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        embed_corpus(source, tmp_path / "out", model_dir, on_shard=stop_after_three, **settings)
+    summary = embed_corpus(source, tmp_path / "out", model_dir, **settings)
+    assert (summary.shards_skipped, summary.rows_embedded, summary.rows_written) == (3, 80, 200)
+    table = read_output(tmp_path / "out")
+    assert table["id"].to_pylist() == list(range(200)) and np.isfinite(embeddings(table)).all()
+
+
+def test_a_ray_cluster_this_run_started_is_shut_down_after_an_error(model_dir, tmp_path, monkeypatch):
+    import st_tp.corpus.ray_engine as ray_engine
+
+    class FakeRay:
+        running = True
+
+        def is_initialized(self):
+            return self.running
+
+        def shutdown(self):
+            self.running = False
+
+    fake = FakeRay()
+
+    def fails(self, *args):
+        self.ray, self.started = fake, True
+        raise ValueError("the Ray job failed")
+        yield
+
+    monkeypatch.setattr(ray_engine.RayEngine, "shards", fails)
+    source = tmp_path / "in.txt"
+    source.write_text("one\n")
+    with pytest.raises(ValueError, match="the Ray job failed"):
+        embed_corpus(source, tmp_path / "out", model_dir, engine="ray", progress=False)
+    assert not fake.running and not (tmp_path / "out" / ".lock").exists()

@@ -1,15 +1,18 @@
 """The TP forward on every supported backbone, against the naive official-style reference; the paper's ablation
 options (A.4-A.6) at the layer inputs."""
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 from transformers import AutoModel, BertConfig, BertModel
 
 import st_tp
+from st_tp.reference import naive_tp_forward
 from st_tp.runtime.decoder import find_decoder, last_token_positions, resolve_layer
 from st_tp.runtime.forward import install_hooks, tp_forward
-from st_tp.reference import naive_tp_forward
 from tests.tiny_models import ARCHS
 
 
@@ -144,7 +147,7 @@ def test_other_attention_implementations_run_padded(backbones):
 def test_saved_model_keeps_its_own_attention_implementation(tiny_llama, tmp_path):
     model = st_tp.build(tiny_llama, tp_end=3, output_layer=4, device="cpu")
     model.encode(["A man is playing a guitar.", "Hi"])  # a packed pass: the wrapper is in use
-    assert find_decoder(model[0].auto_model).config._attn_implementation == "st_tp_padded_sdpa"
+    assert find_decoder(model[0].runner.model).config._attn_implementation == "st_tp_padded_sdpa"
     model.save(str(tmp_path / "saved"))
     assert "st_tp_padded" not in (tmp_path / "saved" / "config.json").read_text()
 
@@ -173,11 +176,11 @@ def test_two_pst_tokens_are_both_overwritten(tiny_llama):
     features = model[0].preprocess(["A man is playing a guitar."])
     pst = features["pst_positions"][0]
     assert pst.tolist() == [4, 5]
-    decoder = find_decoder(model[0].auto_model)
+    decoder = find_decoder(model[0].runner.model)
     install_hooks(decoder)
     seen = {}
     handle = decoder.layers[2].register_forward_pre_hook(lambda m, args, kw: seen.update(h=(args[0] if args else kw["hidden_states"]).clone()), with_kwargs=True)
-    model[0].tp_config = model[0].tp_config.replace(prefix_cache=False)
+    model[0].runner.prefix_cache = False  # the rows keep their columns (a cached prefix drops the first)
     with torch.inference_mode():
         model[0](dict(features))
     handle.remove()
@@ -191,7 +194,7 @@ def test_masking_pst_changes_only_the_first_layer(tiny_llama):
     masks = {}
     for masked in (False, True):
         model = st_tp.build(tiny_llama, mask_pst_first_layer=masked, tp_end=3, output_layer=-1, device="cpu", prefix_cache=False)
-        decoder = find_decoder(model[0].auto_model)
+        decoder = find_decoder(model[0].runner.model)
         install_hooks(decoder)
         handles = [layer.register_forward_pre_hook(lambda m, a, kw, i=i, masked=masked: masks.__setitem__((masked, i), kw["attention_mask"]), with_kwargs=True)
                    for i, layer in enumerate(decoder.layers)]
@@ -219,7 +222,7 @@ def test_resume_tp_matches_hand_written_loop(tiny_llama):
     features = model[0].preprocess(["A man is playing a guitar."])
     with torch.inference_mode():
         got = model[0](dict(features))["sentence_embedding"][0]
-        decoder = find_decoder(model[0].auto_model)
+        decoder = find_decoder(model[0].runner.model)
         ids, pst = features["input_ids"], int(features["pst_positions"][0, 0])
         h = decoder.embed_tokens(ids).clone()
         h[0, pst] = 0
@@ -231,3 +234,26 @@ def test_resume_tp_matches_hand_written_loop(tiny_llama):
             h = layer(h, attention_mask=None, position_ids=positions, position_embeddings=rotary)
         expected = decoder.norm(h)[0, -1]
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_run_layers_has_one_caller_outside_forward():
+    """Everything that runs TP (the ST module, the sweep, the benchmarks) goes through the TP runner."""
+    root = Path(__file__).resolve().parents[1]
+    callers = []
+    for path in sorted([*(root / "st_tp").rglob("*.py"), *(root / "benchmarks").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and "run_layers" in (getattr(node.func, "id", None), getattr(node.func, "attr", None)):
+                callers.append(str(path.relative_to(root)))
+    assert [c for c in callers if c != "st_tp/runtime/forward.py"] == ["st_tp/runtime/runner.py"]
+
+
+def test_a_pruned_runner_refuses_layers_it_does_not_hold(tiny_llama):
+    """A model built with exit 2 holds layers 0..1: asking it for hidden_states[3], or for the final-normed output
+    hidden_states[4] (which needs every layer), names the problem instead of norming layer 1's output."""
+    module = st_tp.build(tiny_llama, tp_end=2, output_layer=2, dtype="float32", device="cpu")[0]
+    runner, features = module.runner, module.preprocess(["A man is playing a guitar."])
+    assert len(runner.model.layers) == 2 and runner.total_layers == 4
+    for layer in (3, 4):
+        with pytest.raises(ValueError, match=rf"hidden_states\[{layer}\] needs {layer} layers; this \(pruned\) model has 2"):
+            runner.last_token_states(features, [layer])
+    assert runner.last_token_states(features, [0, 1, 2]).keys() == {0, 1, 2}

@@ -259,11 +259,12 @@ def test_a_killed_conversion_leaves_nothing_to_trust(tmp_path, monkeypatch, fake
 
 
 # ---- item 6: the model card says how to really get st_tp --------------------------------------------------------
-def test_saved_card_says_how_to_install_st_tp(tiny_llama, tmp_path, capsys):
+def test_saved_card_says_what_the_folder_needs(tiny_llama, tmp_path, capsys):
+    """Issue 34: the folder carries its runtime, so its card's install line works as written, with no placeholder."""
     main(["build", tiny_llama, "--config", "install-check", "--out", str(tmp_path / "m")])
     card = (tmp_path / "m" / "README.md").read_text()
-    assert "pip install st_tp\n" not in card and "`st_tp` is not on PyPI: install it from its repository" in card
-    assert 'pip install "st_tp @ git+https://github.com/<owner>/st_tp"   # or, in a clone of the repository: pip install -e .' in card
+    assert "only sentence-transformers and transformers" in card and "<owner>" not in card and "st_tp @ git+" not in card
+    assert 'pip install "sentence-transformers>=6.2,<7" "transformers>=5.21,<6"\n' in card
 
 
 def test_base_model_says_what_rebuilding_needs(tmp_path, monkeypatch):

@@ -10,8 +10,8 @@ from st_tp.runtime.pst import parse_pst_init
 def test_pst_init_options_are_deterministic(tiny_llama):
     vectors = {}
     for init in ["zeros", "ones", "normal", "normal:3", "uniform:5", "token:the"]:
-        first = st_tp.build(tiny_llama, pst_init=init, tp_end=3, output_layer=3, device="cpu")[0].pst_embedding
-        second = st_tp.build(tiny_llama, pst_init=init, tp_end=3, output_layer=3, device="cpu")[0].pst_embedding
+        first = st_tp.build(tiny_llama, pst_init=init, tp_end=3, output_layer=3, device="cpu")[0].runner.pst_embedding
+        second = st_tp.build(tiny_llama, pst_init=init, tp_end=3, output_layer=3, device="cpu")[0].runner.pst_embedding
         assert torch.equal(first, second), init
         vectors[init] = first
     assert not torch.equal(vectors["normal"], vectors["normal:3"])

@@ -31,3 +31,16 @@ def test_main_job_names_existing_files_and_a_real_model():
     assert (ROOT / "configs" / f"{config}.yaml").exists()
     assert "packaged:smollm2-135m" in (ROOT / "configs" / f"{config}.yaml").read_text()
     assert (ROOT / words[words.index("--input") + 1]).exists()
+
+
+def test_readme_is_the_first_hour_and_links_every_docs_page():
+    """Issue 35: a README short enough to read (<= 250 lines), reference material in docs/, every page reachable."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    linked = set(re.findall(r"\]\((docs/[\w-]+\.md)", readme))
+    pages = {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")}
+    assert pages and linked == pages, (sorted(pages - linked), sorted(linked - pages))
+    assert "](benchmarks/RESULTS.md)" in readme
+    for page in pages:  # relative links between pages point at files that exist
+        for target in re.findall(r"\]\(([\w./-]+\.md)", (ROOT / page).read_text()):
+            assert (ROOT / page).parent.joinpath(target).resolve().exists(), f"{page}: broken link {target}"

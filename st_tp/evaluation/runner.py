@@ -12,9 +12,9 @@ import mteb
 from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
 from sentence_transformers import SentenceTransformer
 
-from st_tp.evaluation.local import LOCAL_SUFFIX, local_tasks
+from st_tp.evaluation.local import KNOWN, LOCAL_SUFFIX, local_tasks
 from st_tp.evaluation.meta import folder_revision, lookup_meta, model_meta, model_revision, release_date
-from st_tp.evaluation.tasks import PAPER_SCORES, describe, resolve_tasks, task_names
+from st_tp.evaluation.tasks import PAPER_SCORES, TASK_SETS, describe, resolve_tasks, task_names
 
 
 def _cell(scores: dict[str, dict[str, float]], label: str, task: str) -> str:
@@ -43,10 +43,23 @@ def _mteb_name(label: str) -> str:
 def select_tasks(tasks: str | list, local_data: str | Path | None = None, limit: int | None = None) -> list:
     """Task objects from set names / task names (hub tasks, or local TSV tasks with `local_data`); task objects
     pass through unchanged."""
-    names = [tasks] if isinstance(tasks, str) else list(tasks)
-    if not all(isinstance(name, str) for name in names):
-        return names
-    return local_tasks(local_data, task_names(names), limit) if local_data else resolve_tasks(names)
+    if not isinstance(tasks, str) and not all(isinstance(task, str) for task in tasks):
+        return list(tasks)
+    names = task_names(tasks)  # 'sts,Banking77Classification': set names expand, commas split
+    if not local_data:
+        if limit is not None:
+            raise ValueError("limit slices local TSV tasks only: give local_data as well, or drop limit.")
+        return resolve_tasks(names)
+    found = local_tasks(local_data, names, limit)
+    # A task named on its own (not through a set such as 'sts') that has no file is a mistake, not a task to skip.
+    have = {task.metadata.name.removesuffix(LOCAL_SUFFIX) for task in found}
+    parts = [part.strip() for part in (tasks.split(",") if isinstance(tasks, str) else tasks)]
+    missing = [part for part in parts if part and part not in TASK_SETS and part not in have
+               and KNOWN.get(part, ("",))[0] not in have]
+    if missing:
+        raise ValueError(f"no local file for task(s) {', '.join(missing)} in {local_data} (local tasks found: "
+                         f"{', '.join(sorted(have))}); expected <name>.test.tsv, e.g. stsb.test.tsv for STSBenchmark.")
+    return found
 
 
 @dataclass
@@ -123,7 +136,7 @@ def run_mteb(
                 failures.append((label, task_name, f"{type(error).__name__}: {error}"))
                 if verbose:
                     print(f"  failed: {type(error).__name__}: {error}", flush=True)
-    summary = summarize(dict(scores), labels, task_objects, failures, revisions)
+    summary = summarize(dict(scores), labels, task_objects, failures, revisions, limit=limit if local_data else None)
     os.makedirs(output_folder, exist_ok=True)
     summary_path = output_folder / "summary.md"
     summary_path.write_text(summary, encoding="utf-8")
@@ -135,18 +148,27 @@ def run_mteb(
 
 
 def summarize(scores: dict[str, dict[str, float]], labels: list[str], tasks: list,
-              failures: list[tuple[str, str, str]] = (), revisions: dict[str, str] | None = None) -> str:
+              failures: list[tuple[str, str, str]] = (), revisions: dict[str, str] | None = None,
+              limit: int | None = None) -> str:
     """A markdown table per category: main score x100 per model, the delta (last - first), the paper's numbers;
-    then the failed tasks, the model revisions and the tasks as run."""
+    then the failed tasks, the model revisions and the tasks as run. With `limit` (the first N test rows of each
+    task) the tables say they hold a slice, and the paper's full-set figures are left off: they are not comparable."""
     by_category: dict[str, list] = defaultdict(list)
     for task in tasks:
         by_category[task.metadata.type].append(task)
     order = [c for c in CATEGORY_ORDER if c in by_category] + sorted(set(by_category) - set(CATEGORY_ORDER))
-    lines = ["# MTEB summary", "", "Main score x100 (mteb's main metric per task). Paper: Llama-2-7B PromptEOL / PromptEOL+TP.", ""]
+    if limit is None:
+        lines = ["# MTEB summary", "", "Main score x100 (mteb's main metric per task). Paper: Llama-2-7B PromptEOL / PromptEOL+TP.", ""]
+    else:
+        lines = ["# MTEB summary (a slice)", "", f"**A slice: the first {limit} test rows of each task (`limit={limit}`),** "
+                 "a quick check. Its scores are not comparable to full-set scores, so the paper's figures are left off. "
+                 "Main score x100 (mteb's main metric per task).", ""]
+    paper_columns = ["paper PromptEOL", "paper +TP"] if limit is None else []
     for category in order:
         cat_tasks = by_category[category]
         delta = len(labels) >= 2
-        header = ["Task", "main score", *labels] + (["delta"] if delta else []) + ["paper PromptEOL", "paper +TP"]
+        task_column = "Task" if limit is None else f"Task (first {limit} rows)"
+        header = [task_column, "main score", *labels] + (["delta"] if delta else []) + paper_columns
         lines += [f"## {category}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         columns = defaultdict(list)
         for task in cat_tasks:
@@ -156,11 +178,11 @@ def summarize(scores: dict[str, dict[str, float]], labels: list[str], tasks: lis
                 lines.append("| " + " | ".join(row + ["-"] * (len(header) - len(row))) + " |")
                 continue
             values = [100 * scores[label][name] for label in labels]
-            paper = PAPER_SCORES.get(name.removesuffix(LOCAL_SUFFIX))
+            paper = PAPER_SCORES.get(name.removesuffix(LOCAL_SUFFIX)) if limit is None else None
             row = [name, task.metadata.main_score, *[f"{v:.2f}" for v in values]]
             if delta:
                 row.append(f"{values[-1] - values[0]:+.2f}")
-            row += [f"{paper[0]:.2f}", f"{paper[1]:.2f}"] if paper else ["-", "-"]
+            row += [f"{paper[0]:.2f}", f"{paper[1]:.2f}"] if paper else ["-"] * len(paper_columns)
             lines.append("| " + " | ".join(row) + " |")
             for label, value in zip(labels, values, strict=True):
                 columns[label].append(value)
@@ -176,10 +198,10 @@ def summarize(scores: dict[str, dict[str, float]], labels: list[str], tasks: lis
         if delta:
             row.append(f"{means[-1] - means[0]:+.2f}")
         papers = columns.get("paper", [])
-        if len(papers) == scored:
+        if paper_columns and len(papers) == scored:
             row += [f"{sum(p[0] for p in papers) / len(papers):.2f}", f"{sum(p[1] for p in papers) / len(papers):.2f}"]
         else:
-            row += ["-", "-"]
+            row += ["-"] * len(paper_columns)
         lines += ["| " + " | ".join(row) + " |", ""]
     if failures:
         lines += ["## Failures", "", "| model | task | error |", "|---|---|---|"]

@@ -70,7 +70,12 @@ def resolve_tasks(spec: str | list[str]) -> list[mteb.AbsTask]:
     tasks = []
     for name in task_names(spec):
         subset = ENGLISH_SUBSET.get(name)
-        tasks.append(mteb.get_task(name, hf_subsets=[subset] if subset else None, eval_splits=["test"]))
+        try:
+            tasks.append(mteb.get_task(name, hf_subsets=[subset] if subset else None, eval_splits=["test"]))
+        except KeyError as error:  # mteb's own message holds its did-you-mean; add ours: the set names
+            hint = str(error.args[0] if error.args else error).removeprefix("KeyError: ")
+            raise ValueError(f"unknown task {hint} Task sets: {', '.join(TASK_SETS)}; or comma-separated mteb "
+                             "task names.") from None
     return tasks
 
 

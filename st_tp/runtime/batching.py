@@ -2,7 +2,7 @@
 
 `collate` tokenizes every text under every template (template-major rows, right-padded); `template_batches` gives
 each template's rows ready for `run_layers`; `average_over_templates` runs them and averages the templates (MetaEOL
-has 8, the other prompts one). `TokenPrepending.forward`, the sweep and the benchmarks all go through them.
+has 8, the other prompts one). The TP runner (st_tp.runtime.runner) is what goes through them.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class TemplateBatch:
 
 def collate(encoders: list[PromptEncoder], texts: list[str], pad_token_id: int) -> dict[str, Tensor]:
     """Token ids of every text under every template (template-major rows), right-padded, with <PST> columns and,
-    per template, how many ids of the template's prefix every row starts with (the part of the cache to use).
+    per template, its prefix's ids and how many of them every row starts with (the part of the cache to use).
 
     Right padding keeps each row's tokens contiguous from column 0, so dropping the cached prefix columns leaves them
     right after the cached keys, as when the row is alone: masks that count distance in columns (sliding windows)
@@ -54,17 +54,17 @@ def collate(encoders: list[PromptEncoder], texts: list[str], pad_token_id: int) 
         [min(e.shared_prefix for e in encoded[g * rows_per_template : (g + 1) * rows_per_template]) for g in range(len(encoders))],
         dtype=torch.long,
     )
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "pst_positions": pst_positions, "prefix_lengths": prefix_lengths}
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "pst_positions": pst_positions,
+            "prefix_lengths": prefix_lengths, "prefix_ids": tuple(tuple(encoder.prefix_ids) for encoder in encoders)}
 
 
-def template_batches(features: dict[str, Tensor], encoders: list[PromptEncoder], model: nn.Module,
-                     prefixes: PrefixCacheStore | None) -> list[TemplateBatch]:
+def template_batches(features: dict[str, Tensor], model: nn.Module, prefixes: PrefixCacheStore | None) -> list[TemplateBatch]:
     """Each template's rows, ready for `run_layers`: with a prefix cache store, the columns of the template's prefix
     that every row shares are dropped and taken from the cache; trailing all-padding columns go."""
     pst_positions = features.get("pst_positions")
-    rows_per_template = features["input_ids"].shape[0] // len(encoders)
+    rows_per_template = features["input_ids"].shape[0] // len(features["prefix_ids"])
     batches = []
-    for g, encoder in enumerate(encoders):
+    for g, prefix_ids in enumerate(features["prefix_ids"]):
         rows = slice(g * rows_per_template, (g + 1) * rows_per_template)
         input_ids, attention_mask = features["input_ids"][rows], features["attention_mask"][rows]
         pst = None if pst_positions is None else pst_positions[rows]
@@ -72,7 +72,7 @@ def template_batches(features: dict[str, Tensor], encoders: list[PromptEncoder],
         prefix = None
         if prefixes is not None and shared >= MIN_PREFIX_TOKENS:
             # Keys/values of a prefix's first k tokens do not depend on what follows (causal): one cache serves all k.
-            prefix = prefixes.get(model, encoder.prefix_ids, input_ids.device).head(shared)
+            prefix = prefixes.get(model, list(prefix_ids), input_ids.device).head(shared)
             # Rows are right-padded [prefix | rest | pad]: the prefix columns come from the cache.
             input_ids, attention_mask = input_ids[:, shared:], attention_mask[:, shared:]
             pst = None if pst is None else pst - shared

@@ -1,7 +1,7 @@
 """The Token Prepending forward pass for any Hugging Face decoder whose base model has a `layers` list.
 
 Nothing is copied from modeling files. Each decoder layer gets a pre-hook and a post-hook, installed once, that act
-only while a TP pass is active in the current context (st_tp/pass_state.py).
+only while a TP pass is active in the current context (st_tp/runtime/pass_state.py).
 
 Semantics (measured on the official code, ../shared/golden/README.md):
   * before decoder layer i, for each TP layer i (tp_start <= i < tp_end), the <PST> row of the layer's input is
@@ -10,9 +10,10 @@ Semantics (measured on the official code, ../shared/golden/README.md):
     output, -2 = input of the last layer; the embedding is the state of the last real token.
 Early exit: the post-hook of layer k-1 records the state and stops the forward, so layers k.. never run.
 
-Two speed mechanisms live in files of their own and can each be switched off (`packing=False`,
-`row_skipping=False`) with identical results: st_tp/packing.py (padding is never computed) and
-st_tp/row_skipping.py (rows never read are not computed).
+Two speed mechanisms live in files of their own and can each be switched off (run_layers's `packed=False`,
+`skip_unread_rows=False`) with identical results: st_tp/runtime/packing.py (padding is never computed) and
+st_tp/runtime/row_skipping.py (rows never read are not computed). The TP runner (st_tp/runtime/runner.py) is the one
+caller of `run_layers` outside this file.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def run_layers(
     decoder = find_decoder(model)
     install_hooks(decoder)
     total_layers, deepest = total_layers or len(decoder.layers), max(capture)
-    if deepest > len(decoder.layers) and deepest != total_layers:
+    if deepest > len(decoder.layers):  # hidden_states[k] needs layers 0..k-1; the final-normed output [L] needs all L
         raise ValueError(f"hidden_states[{deepest}] needs {deepest} layers; this (pruned) model has {len(decoder.layers)}.")
     needs_norm = deepest == total_layers  # hidden_states[L] is the final-normed output: every layer runs
     last_layer = len(decoder.layers) - 1 if needs_norm else deepest - 1

@@ -1,4 +1,5 @@
-"""Loading a base decoder for TP: a fast tokenizer, and the model pruned to the layers the exit layer needs."""
+"""Loading a base decoder for TP: a fast tokenizer, the model pruned to the layers the exit layer needs, and the
+dtype policy (`load_model`: which dtype the weights load in, and `DtypeRule`: whether it follows the device later)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from .config import DTYPES, resolve_dtype
+from .config import DTYPES, TPConfig, resolve_device, resolve_dtype
 from .hf_compat import truncate_config
 
 
@@ -91,3 +92,38 @@ def load_pruned_model(model_name_or_path: str, hf_config, layers_to_run: int, dt
             "The checkpoint does not match its config."
         )
     return model.eval()
+
+
+class DtypeRule:
+    """dtype 'auto' follows the device: sentence-transformers loads a module before it knows the device and moves it
+    afterwards, so the dtype guessed at load is settled again for the device the model really moves to. An explicit
+    cast (`.half()`, `.to(torch.bfloat16)`) is the user's choice and ends the rule."""
+
+    def __init__(self, follows_device: bool) -> None:
+        self.follows_device = follows_device
+
+    def settle(self, model: nn.Module, fn) -> None:
+        """Called before `model` is moved by `fn` (the function nn.Module._apply maps over its tensors)."""
+        if not self.follows_device:
+            return
+        probe = fn(torch.zeros(0))
+        if probe.dtype != torch.float32:
+            self.follows_device = False
+        elif next(model.parameters()).dtype != (wanted := resolve_dtype("auto", str(probe.device))):
+            model.to(wanted)
+
+
+def load_model(model_name_or_path: str, hf_config, tp_config: TPConfig, layers_to_run: int, *,
+               keep_stored_dtype: bool = False, model_kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, DtypeRule]:
+    """The pruned base model in the dtype the settings ask for (`load_dtype`), and the rule its dtype follows later."""
+    model_kwargs = dict(model_kwargs or {})
+    device = resolve_device(tp_config.device)
+    if "quantization_config" in model_kwargs and not device.startswith("cuda"):
+        raise ValueError(
+            "model_kwargs['quantization_config'] (bitsandbytes 4/8-bit) needs a CUDA GPU, and this model would run "
+            f"on {device!r}. Drop the quantization_config, or build on a CUDA device."
+        )
+    dtype, follows_device = load_dtype(tp_config.dtype, model_kwargs, device, hf_config, keep_stored_dtype)
+    # Early exit at k needs layers 0..k-1 only (the final norm is tiny and stays).
+    model = load_pruned_model(model_name_or_path, hf_config, layers_to_run, dtype, model_kwargs)
+    return model, DtypeRule(follows_device)

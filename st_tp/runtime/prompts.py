@@ -11,8 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .config import check_template
+
 if TYPE_CHECKING:  # prompts are read by the CLI's --help, which must not wait for transformers to import
     from transformers import PreTrainedTokenizerBase
+
+    from .config import TPConfig
 
 PST = "<PST>"
 TEXT = "{text}"
@@ -69,6 +73,23 @@ def resolve_templates(prompt_method: str, template: str | list[str] | None) -> t
     if template is not None:
         return (template,) if isinstance(template, str) else tuple(template)
     return PROMPTS[prompt_method]
+
+
+def templates_for(config: TPConfig, prompt: str | None = None, task: str | None = None) -> tuple[str, ...]:
+    """The templates one call embeds with (MetaEOL has 8, the others one).
+
+    `prompt` is what sentence-transformers passes for `prompt=` / `prompt_name=` / `encode_query`: a template (it
+    holds '{text}') replaces the model's prompt; a plain instruction goes before the template, never inside its
+    quotes. Without a prompt, `task` ("query"/"document", from encode_query/encode_document) picks a named template
+    of `config.templates` when the model has one; otherwise the model's prompt applies."""
+    named = config.templates or {}
+    base = (named[task],) if task in named else resolve_templates(config.prompt_method, config.template)
+    if not prompt:
+        return base
+    if TEXT in prompt:
+        check_template(prompt, config.tp)
+        return (prompt,)
+    return tuple(prompt + template for template in base)
 
 
 def preprocess_sentence(sentence: str) -> str:

@@ -1,35 +1,29 @@
-"""`--engine ray`: the same corpus embedding on Ray Data, from one machine to a cluster.
+"""`engine='ray'`: the same corpus embedding on Ray Data, from one machine to a cluster.
 
 Ray reads the input (`read_parquet`, `read_json`, `read_csv`, `read_text`), an actor pool (`map_batches` with
 `ActorPoolStrategy`) runs the model, each actor loading the saved st_tp folder once by path (the model is never
 pickled), and Ray's own actor restarts and task retries bring back a killed actor. With `preserve_order` the rows
-come back to the driver in input order, so the driver numbers them and writes the very shards and manifest the
-one-process engine writes (st_tp/corpus.py), resumable the same way. The driver only receives ids, embeddings and
-kept columns, never the texts.
+come back to the driver in input order, as shards for the one corpus loop (run.py). The driver only receives
+ids, embeddings and kept columns, never the texts. A resume inside a file reads that file's unfinished rows here
+and hands only those to Ray, so finished rows are never embedded again.
 
-Ray is an optional extra (`pip install -e ".[ray]"`) and is imported only here, inside functions.
+Ray is an optional extra (`pip install -e ".[ray]"`) and is imported only inside functions.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from st_tp.corpus import (
-    BAD,
-    CorpusInput,
-    CorpusOptions,
-    CorpusSummary,
-    ShardAssembler,
-    ShardStore,
-    apply_bad_row_policy,
-    bad_reasons,
-    csv_options,
-    finish,
-    output_table,
-)
+from .inputs import CorpusInput
+from .options import CorpusOptions
+from .readers import BAD, csv_options, iter_input
+from .rows import bad_reasons, embedding_array
+from .store import Shard, ShardAssembler
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -46,14 +40,14 @@ def import_ray():
         import ray
         import ray.data
     except ImportError:
-        raise ValueError(f"--engine ray needs Ray Data, which is not installed: {PIP}") from None
+        raise ValueError(f"engine='ray' needs Ray Data, which is not installed: {PIP}") from None
     return ray
 
 
 class EmbedBatch:
     """The actor: loads the saved model once (by path), then embeds every batch it is given.
 
-    `on_bad_row`: "flag" keeps every row and says why a row could not be embedded in `_bad` (the corpus driver
+    `on_bad_row`: "flag" keeps every row and says why a row could not be embedded in `_bad` (the corpus loop
     decides, knowing the row numbers); "error" raises naming the row's id; "skip" drops such rows."""
 
     def __init__(self, model_path: str, device: str, text_column: str = "text", batch_size: int = 32,
@@ -64,7 +58,7 @@ class EmbedBatch:
         os.environ.update(WORKER_ENV)
         import torch
 
-        from st_tp.corpus import Embedder
+        from .embedder import Embedder
 
         torch.set_num_threads(max(1, threads))
         self.embed = Embedder(model_path, device, batch_size, normalize, output_dtype)
@@ -73,8 +67,6 @@ class EmbedBatch:
     def __call__(self, batch: pa.Table) -> pa.Table:
         import numpy as np
         import pyarrow as pa
-
-        from st_tp.corpus import embedding_array
 
         reasons = bad_reasons(batch, self.text_column, self.id_column)
         good = np.array([r is None for r in reasons], dtype=bool)
@@ -87,7 +79,7 @@ class EmbedBatch:
         embedded = self.embed(texts)
         if self.on_bad_row == "skip":
             batch, vectors = batch.filter(pa.array(good)), embedded
-        else:  # every row back; a bad row gets zeros and its reason (the driver leaves it out or stops)
+        else:  # every row back; a bad row gets zeros and its reason (the corpus loop leaves it out or stops)
             vectors = np.zeros((len(good), embedded.shape[1]), embedded.dtype)
             vectors[good] = embedded
         if BAD in batch.column_names:
@@ -129,6 +121,23 @@ def read_dataset(source: CorpusInput, columns: list[str] | None, first_file: int
     else:
         ds = ray.data.read_text(paths, encoding="utf-8-sig", drop_empty_lines=False, **common)
     return ds if columns is None else ds.select_columns(columns + [PATH])
+
+
+def _unfinished_rows(source: CorpusInput, columns: list[str], file_index: int, skip_rows: int) -> ray.data.Dataset:
+    """The rows of one input file after its first `skip_rows` (a resume inside a file), read here with st_tp's
+    readers and handed to Ray as blocks in the object store (which spills to disk): Ray's readers cannot start in
+    the middle of a file, and reading it all again would embed finished rows again."""
+    import pyarrow as pa
+
+    ray = import_ray()
+    single = CorpusInput(source.spec, source.format, (source.files[file_index],))
+    path = str(source.files[file_index].resolve())
+    refs = []
+    for _, table in iter_input(single, columns, 0, skip_rows):
+        if BAD not in table.column_names:
+            table = table.append_column(BAD, pa.nulls(table.num_rows, pa.string()))
+        refs.append(ray.put(table.append_column(PATH, pa.array([path] * table.num_rows, pa.string()))))
+    return ray.data.from_arrow_refs(refs)
 
 
 def embed_dataset(ds_or_path: Any, model_path: str | os.PathLike, *, text_column: str = "text",
@@ -181,51 +190,93 @@ def _small_blocks(ds: ray.data.Dataset, rows: int) -> ray.data.Dataset:
         return ds
 
 
-def init_ray(options: CorpusOptions):
-    """Join `options.address` (or $RAY_ADDRESS), else start a local cluster with a CPU to spare for reading
-    beside the actors; a cluster already started in this process (ray.init by the caller) is used as it is."""
+def init_ray(options: CorpusOptions) -> tuple[Any, bool]:
+    """(ray, whether this call started it): join `options.address` (or $RAY_ADDRESS), else start a local cluster
+    with a CPU to spare for reading beside the actors; a cluster already started in this process (ray.init by the
+    caller) is used as it is. Ray's own logs stay at warnings and worker output stays in Ray's log files unless
+    `options.verbose`."""
     ray = import_ray()
+    quiet = not options.verbose
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
+        for handler in logging.getLogger(name).handlers if quiet else ():  # handlers: records of child loggers too
+            if not any(isinstance(f, _Chatter) for f in handler.filters):
+                handler.addFilter(_Chatter())
+    if quiet:  # Ray Data warns once that its own bars are off: st_tp shows one bar of its own
+        from ray.util.debug import log_once
+
+        log_once("ray_data_progress_manager_disabled")
     if ray.is_initialized():
-        return ray
+        return ray, False
     address = options.address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": dict(WORKER_ENV)}
+    common = {"runtime_env": {"env_vars": dict(WORKER_ENV)}, "log_to_driver": not quiet,
+              "logging_level": logging.WARNING if quiet else logging.INFO}
     if address:
-        ray.init(address=address, runtime_env=runtime_env)
+        ray.init(address=address, **common)
     else:
         needed = int(options.actors * options.cpus_per_actor) + 1
-        ray.init(num_cpus=max(os.cpu_count() or 1, needed), runtime_env=runtime_env, include_dashboard=False)
-    return ray
+        ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False, **common)
+    return ray, True
 
 
-def run_ray(source: CorpusInput, store: ShardStore, done: dict[int, dict], model: str, options: CorpusOptions,
-            estimate: int | None) -> CorpusSummary:
-    """The corpus run of `embed_corpus(..., engine="ray")`: Ray reads and embeds, this process writes the shards."""
-    import pyarrow.compute as pc
+class _Chatter(logging.Filter):
+    """Ray's warning that token authentication is on (Ray's default, not a problem); shown with `verbose`.
 
-    ray = init_ray(options)
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # rows return in input order: the driver numbers them
-    context.enable_progress_bars = options.progress
-    first_file, start_row = store.resume_point(done, options.shard_size)
-    assembler = ShardAssembler(options.shard_size, start_row, done, first_file)
-    skipped = len(done)
-    if first_file < len(source.files):
-        columns = source.columns(options)
-        ds = embed_dataset(read_dataset(source, columns, first_file), model, text_column=columns[0],
-                           id_column=options.id_column, batch_size=options.batch_size, actors=options.actors,
-                           cpus_per_actor=options.cpus_per_actor, gpus_per_actor=options.gpus_per_actor,
-                           normalize=options.normalize, output_dtype=options.output_dtype, on_bad_row="flag")
-        index = {str(p.resolve()): i for i, p in enumerate(source.files)}
-        try:
-            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                for file_index, rows in _split_by_file(batch, index, pc):
-                    for shard in assembler.add(file_index, rows):
-                        _write(shard, store, done, assembler, options, source)
-        except ray.exceptions.RayError as error:
-            raise _ray_error(error, source) from None
-    for shard in assembler.finish(len(source.files)):
-        _write(shard, store, done, assembler, options, source)
-    return finish(store, done, assembler.file_counts, "ray", skipped)
+    Ray's C++ core worker in the driver prints one more line on every run, `E ... core_worker.cc ... constructor
+    arguments in the object store and max_restarts > 0`. It is not an error of this run: Ray Data starts every
+    actor of a pool restartable, with its arguments in the object store, which stay referenced for the whole job.
+    It is left as Ray prints it (silencing it takes RAY_BACKEND_LOG_LEVEL, which prints a line of its own)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.pathname.endswith("authentication_token_setup.py")
+
+
+class RayEngine:
+    """A source of embedded shards from Ray Data actors; shuts down a cluster it started, also after an error."""
+
+    name = "ray"
+
+    def __init__(self, model: str, options: CorpusOptions):
+        self.model, self.options = model, options
+        self.ray, self.started = None, False
+
+    def shards(self, source: CorpusInput, columns: list[str], assembler: ShardAssembler, first_file: int,
+               skip_rows: int, progress: Callable[[int], None]) -> Iterator[Shard]:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        options = self.options
+        if first_file < len(source.files):
+            self.ray, self.started = init_ray(options)
+            ray = self.ray
+            context = ray.data.DataContext.get_current()
+            context.execution_options.preserve_order = True  # rows return in input order: the loop numbers them
+            context.enable_progress_bars = options.progress and options.verbose
+            pieces = []
+            if skip_rows:
+                pieces.append(_unfinished_rows(source, columns, first_file, skip_rows))
+                first_file += 1
+            if first_file < len(source.files):
+                pieces.append(read_dataset(source, columns, first_file))
+            index = {str(p.resolve()): i for i, p in enumerate(source.files)}
+            for piece in pieces:
+                ds = embed_dataset(piece, self.model, text_column=columns[0], id_column=options.id_column,
+                                   batch_size=options.batch_size, actors=options.actors,
+                                   cpus_per_actor=options.cpus_per_actor, gpus_per_actor=options.gpus_per_actor,
+                                   normalize=options.normalize, output_dtype=options.output_dtype, on_bad_row="flag")
+                try:
+                    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                        progress(batch.num_rows)
+                        for file_index, rows in _split_by_file(batch, index, pc):
+                            yield from assembler.add(file_index, rows)
+                except (ray.exceptions.RayError, pa.ArrowException) as error:  # a reader's or an actor's failure
+                    raise _ray_error(error, source, columns) from None
+        yield from assembler.finish(len(source.files))
+
+    def close(self) -> None:
+        if self.started and self.ray is not None and self.ray.is_initialized():
+            self.ray.shutdown()
+        self.started = False
 
 
 def _split_by_file(batch: pa.Table, index: dict[str, int], pc) -> list[tuple[int, pa.Table]]:
@@ -244,26 +295,22 @@ def _run_lengths(paths, pc) -> tuple[list[str], list[int]]:
     return values.values.to_pylist(), [b - a for a, b in zip([0] + ends[:-1], ends, strict=True)]
 
 
-def _write(shard, store: ShardStore, done: dict[int, dict], assembler: ShardAssembler, options: CorpusOptions,
-           source: CorpusInput) -> None:
-    import pyarrow as pa
-
-    keep = apply_bad_row_policy(shard, shard.table[BAD].to_pylist(), options, source)
-    embedding = shard.table["embedding"] if keep is None else shard.table["embedding"].filter(pa.array(keep))
-    table = output_table(shard.table, keep, embedding.combine_chunks(), options)
-    done[shard.index] = store.write(shard, table, shard.table.num_rows, 0 if keep is None else keep.count(False))
-    store.save_manifest(done, assembler.file_counts, {"engine": "ray", "complete": False})
-    if options.on_shard:
-        options.on_shard(done[shard.index])
-
-
-def _ray_error(error: Exception, source: CorpusInput) -> ValueError:
-    """A failed Ray job as one line: the cause's own message (a reader's parse error, a worker's exception)."""
+def _ray_error(error: Exception, source: CorpusInput, columns: list[str]) -> ValueError:
+    """A failed Ray job as the one line the local engine prints. Ray's readers name no line, so the input is read
+    again here with st_tp's readers, which name the file and line of what they reject; if they accept it all,
+    the line is the cause's own message (a worker's exception), not Ray's retry advice."""
+    try:
+        for _ in iter_input(source, columns):
+            pass
+    except ValueError as local:
+        return local
     cause = error
     while getattr(cause, "cause", None) is not None and cause.cause is not cause:
         cause = cause.cause
-    message = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
-    return ValueError(f"--input {source.spec}: the Ray job failed: {message}")
+    lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()]
+    own = [line for line in lines if "DataContext" not in line and not line.startswith(("To change", "Traceback"))]
+    message = (own or lines or [type(cause).__name__])[-1]
+    return ValueError(f"input {source.spec}: the Ray job failed: {message}")
 
 
 __all__ = ["EmbedBatch", "embed_dataset", "import_ray"]
