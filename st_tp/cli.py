@@ -243,13 +243,14 @@ def cmd_mteb(args: argparse.Namespace) -> None:
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
-    """What the GGUF conversions take on disk (one float32 copy per GGUF: 517 MiB for SmolLM2), and a way to free it."""
-    from st_tp.base_model import GGUF_CACHE, cache_entries, cache_root, clear_cache
+    """What the GGUF conversions (one 16-bit copy per GGUF: 258 MiB for SmolLM2) and assembled GGUF files take on
+    disk, and a way to free it."""
+    from st_tp.gguf import cache_entries, cache_root, clear_cache
 
-    root = cache_root() / GGUF_CACHE
+    root = cache_root()
     if args.action == "clear":
         removed = clear_cache()
-        print(f"Removed {len(removed)} folder(s), {_size(sum(e.size for e in removed))}, from {root}; "
+        print(f"Removed {len(removed)} entries, {_size(sum(e.size for e in removed))}, from {root}; "
               "a later build converts its GGUF again.")
         return
     entries = cache_entries()
@@ -258,8 +259,8 @@ def cmd_cache(args: argparse.Namespace) -> None:
         return
     print(f"st_tp cache {root} ($ST_TP_CACHE moves it):")
     for entry in entries:
-        print(f"{_size(entry.size):>10}  {entry.path.name}  {entry.source}")
-    print(f"{_size(sum(e.size for e in entries)):>10}  in {len(entries)} folder(s); `st-tp cache clear` removes them.")
+        print(f"{_size(entry.size):>10}  {entry.path.relative_to(root)}  {entry.source}")
+    print(f"{_size(sum(e.size for e in entries)):>10}  in {len(entries)} entries; `st-tp cache clear` removes them.")
 
 
 def _size(n: int) -> str:

@@ -91,7 +91,7 @@ def sweep(
     config = TPConfig(prompt_method=prompt_method if template is None else "custom", template=template, tp_start=tp_start,
                       tp_end=tp_ends[-1], output_layer=-1, dtype=dtype, device=device)
     config.replace(tp_end=tp_ends[0])
-    module = TokenPrepending(resolve_base_model(base_model, gguf_file).path, config)
+    module = TokenPrepending(resolve_base_model(base_model, gguf_file, dtype=config.dtype, device=config.device).path, config)
     runner = module.to(resolve_device(device)).runner
     device = runner.pst_embedding.device
     total_layers = runner.total_layers

