@@ -243,7 +243,7 @@ def cmd_mteb(args: argparse.Namespace) -> None:
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
-    """What the GGUF conversions (one 16-bit copy per GGUF: 258 MiB for SmolLM2) and assembled GGUF files take on
+    """What the GGUF conversions (one 16-bit copy per GGUF: 260 MiB for SmolLM2) and assembled GGUF files take on
     disk, and a way to free it."""
     from st_tp.gguf import cache_entries, cache_root, clear_cache
 

@@ -9,8 +9,8 @@ from transformers import AutoTokenizer
 
 import st_tp
 from st_tp.base_model import PACKAGED, resolve_base_model
-from st_tp.runtime.config import load_preset
 from st_tp.data import read_pairs
+from st_tp.runtime.config import load_preset
 from st_tp.runtime.prompts import PROMPTS, PromptEncoder
 from tests.conftest import ROOT
 from tests.test_base_model import require_package
