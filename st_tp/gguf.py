@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -255,10 +256,10 @@ class SafetensorsWriter:
     DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
     def __init__(self, path: Path, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype) -> None:
-        self.path, self.shapes, self.itemsize = path, shapes, dtype.itemsize
+        self.shapes, self.itemsize = shapes, dtype.itemsize
         header, offset, self.offsets = {}, 0, {}
         for key in sorted(shapes):
-            size = _numel(shapes[key]) * self.itemsize
+            size = math.prod(shapes[key]) * self.itemsize
             header[key] = {"dtype": self.DTYPES[str(dtype).removeprefix("torch.")], "shape": list(shapes[key]),
                            "data_offsets": [offset, offset + size]}
             self.offsets[key] = offset
@@ -280,7 +281,7 @@ class SafetensorsWriter:
             raise ValueError(f"GGUF tensor for {key} has shape {tuple(piece.shape)} at row {row}; expected {shape}.")
         import torch
 
-        row_bytes = _numel(shape[1:]) * self.itemsize
+        row_bytes = math.prod(shape[1:]) * self.itemsize
         self.file.seek(self.data_start + self.offsets[key] + row * row_bytes)
         self.file.write(memoryview(piece.contiguous().view(torch.uint8).numpy()))
         self.rows_written[key] += len(piece) if shape else 1
@@ -293,13 +294,6 @@ class SafetensorsWriter:
 
     def __exit__(self, *exc) -> None:
         self.file.close()
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for size in shape:
-        n *= size
-    return n
 
 
 PIECE_BYTES = 64 << 20  # float32 bytes dequantized at a time from one large tensor

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ def test_conversion_equals_transformers_own_gguf_load(dtype, tmp_path, monkeypat
 
     folder, name = require_package(PACKAGED["smollm2-135m"])
     monkeypatch.setattr(gguf, "PIECE_BYTES", 1 << 20)
-    gguf._dequantize_to_folder(gguf.Path(folder) / name, tmp_path, dtype)
+    gguf._dequantize_to_folder(Path(folder) / name, tmp_path, dtype)
     converted = load_file(tmp_path / "model.safetensors")
     reference = AutoModel.from_pretrained(folder, gguf_file=name, dtype=torch.float32).state_dict()
     assert set(converted) == set(reference)

@@ -15,6 +15,15 @@ FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", 
 TEXT_FORMATS = {"txt", "jsonl", "csv", "tsv"}
 
 
+def json_line(path: str | Path, number: int, line: str | bytes):
+    """Line `number` (1-based) of a .jsonl file, parsed; a line that is not JSON is one error naming file and line."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} line {number}: not JSON ({error.msg}); a .jsonl file holds one JSON object per "
+                         "line.") from None
+
+
 @dataclass(frozen=True)
 class CorpusInput:
     """The input files in reading order, and their one format."""
@@ -121,12 +130,8 @@ class CorpusInput:
             return list(pq.read_schema(first).names)
         with open(first, encoding="utf-8-sig") as f:
             if self.format == "jsonl":
-                line = next((line for line in f if line.strip()), "{}")
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{first}: the first line is not JSON ({error.msg}); a .jsonl file holds one "
-                                     "JSON object per line.") from None
+                number, line = next(((n, line) for n, line in enumerate(f, 1) if line.strip()), (1, "{}"))
+                row = json_line(first, number, line)
                 return list(row) if isinstance(row, dict) else []
             if self.format == "tsv":  # unquoted, as pyarrow reads it (csv_options)
                 return f.readline().rstrip("\r\n").split("\t")

@@ -6,12 +6,11 @@ by line, so an error can name its line and a text that is not a string becomes a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .inputs import CorpusInput
+from .inputs import CorpusInput, json_line
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -128,11 +127,7 @@ def _jsonl_by_line(path: Path, lines: list[bytes], first_line: int, columns: lis
     for offset, line in enumerate(lines):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} line {first_line + offset + 1}: not JSON ({error.msg}); a .jsonl file holds one "
-                             "JSON object per line.") from None
+        row = json_line(path, first_line + offset + 1, line)
         if not isinstance(row, dict):
             raise ValueError(f"{path} line {first_line + offset + 1}: a JSON {type(row).__name__}, not an object; a "
                              ".jsonl file holds one JSON object per line.")

@@ -15,6 +15,7 @@ from sentence_transformers import SentenceTransformer
 from st_tp.evaluation.local import KNOWN, LOCAL_SUFFIX, local_tasks
 from st_tp.evaluation.meta import folder_revision, lookup_meta, model_meta, model_revision, release_date
 from st_tp.evaluation.tasks import PAPER_SCORES, TASK_SETS, describe, resolve_tasks, task_names
+from st_tp.runtime.identity import NAME_PREFIX
 
 
 def _cell(scores: dict[str, dict[str, float]], label: str, task: str) -> str:
@@ -36,8 +37,8 @@ def _label(model: str | SentenceTransformer, index: int, taken: list[str]) -> st
 
 
 def _mteb_name(label: str) -> str:
-    """The model name MTEB files this label's results under."""
-    return f"st-tp/{label}"
+    """The model name MTEB files this label's results under (the prefix a loaded folder's name has too)."""
+    return f"{NAME_PREFIX}/{label}"
 
 
 def select_tasks(tasks: str | list, local_data: str | Path | None = None, limit: int | None = None) -> list:
