@@ -80,8 +80,10 @@ def run(args: argparse.Namespace) -> str:
                 raise SystemExit(f"{grid} is missing: run `st-tp sweep packaged:{model} --prompt-method {method} "
                                  f"--dev {DATA}/raw/stsb.dev.tsv --out {grid.parent}` first (dev data only).")
             for name, settings in variants(total_layers, grid).items():
-                st = st_tp.build(f"packaged:{model}", prompt_method=method, dtype="float32", device="cpu", **settings)
-                name_in_results = label(model, method, settings)
+                if method in args.only_dev_best and "dev-best" not in name:
+                    continue
+                st = st_tp.build(f"packaged:{model}", prompt_method=method, dtype=args.dtype, device="cpu", **settings)
+                name_in_results = label(model, method, settings) + ("" if args.dtype == "float32" else f"-{args.dtype}")
                 st.model_card_data.model_name = name_in_results
                 run = run_mteb([st], tasks, Path(args.out) / "mteb", batch_size=args.batch_size, verbose=args.verbose)
                 (scores,) = run.scores.values()  # one model
@@ -160,6 +162,13 @@ def main() -> None:
     parser.add_argument("--out", default="runs/quality")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="the four variants' dtype (default float32); the sweep that chose the dev cells should match")
+    parser.add_argument("--only-dev-best", nargs="*", default=[], metavar="METHOD",
+                        help="for these prompt methods only the two dev-best rows (vanilla layer, TP cell): what the size curve needs")
+    parser.add_argument("--dev-pairs", default="400", help="for --write: how many STS-B dev pairs the sweeps scored")
+    parser.add_argument("--section", default="Quality on real weights (bench_quality.py, CPU)",
+                        help="for --write: the RESULTS.md section the tables replace")
     parser.add_argument("--verbose", action="store_true", help="mteb's own progress bars and logs")
     parser.add_argument("--dtypes", nargs="+", choices=["auto", "float32", "bfloat16", "float16"],
                         help="instead of the four variants: each model's PromptEOL+TP preset at each of these dtypes")
@@ -180,12 +189,12 @@ def main() -> None:
         command = "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:])
         subset = f"{args.sample} pairs per test set drawn at random (seed 0; BIOSSES has 100, all used)" if args.sample else "full test sets"
         body = (
-            f"`{command}`: {platform.processor() or platform.machine()} CPU, {args.threads} threads, float32, "
+            f"`{command}`: {platform.processor() or platform.machine()} CPU, {args.threads} threads, {args.dtype}, "
             f"{time.time() - started:.0f} s. Scores are mteb's cosine Spearman x100 on {subset}, through st_tp's "
-            "local mteb tasks (raw text). Dev cells come from `st-tp sweep` on 400 STS-B **dev** pairs (seed 0); "
-            "no test set was used to choose anything.\n\n" + tables
+            f"local mteb tasks (raw text). Dev cells come from `st-tp sweep` on {args.dev_pairs} STS-B **dev** pairs "
+            "(seed 0); no test set was used to choose anything.\n\n" + tables
         )
-        write_section("Quality on real weights (bench_quality.py, CPU)", body)
+        write_section(args.section, body)
 
 
 if __name__ == "__main__":

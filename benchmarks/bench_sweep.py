@@ -6,6 +6,11 @@ Model: the random Llama of bench_speed.py (hidden 512, 16 layers); data: STS-B d
   * plain_last:  the same at output_layer=-1 (every layer, as the sweep must run)
 Both the sweep and the plain evaluations load the model inside the timed call, as a user's run does.
   * sweep_many:  tp_end 2..8 (7 values) in one sweep, vs 7 x sweep_one
+
+Real-model mode (`--model packaged:qwen2.5-1.5b --tp-ends 2..12`): the sweep's cost in full passes, measured. The
+sweep of those tp_end values plus vanilla (as `st-tp sweep` runs it) against one plain evaluation that runs every
+layer (TP at the largest tp_end, output_layer=-1), both at the default dtype and loading their model inside the
+timed call; beside it the count `st_tp.sweep.full_passes` predicts and the n + 1 bound.
 """
 
 from __future__ import annotations
@@ -28,8 +33,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--model", default="random", help="random (the 512x16 Llama of bench_speed.py) or packaged:<name>")
+    parser.add_argument("--tp-ends", default="2..12", help="real-model mode: the swept tp_end values, a..b")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
+    if args.model != "random":
+        return model_main(args)
 
     import numpy as np
     from scipy.stats import spearmanr
@@ -65,6 +74,46 @@ def main() -> None:
     print(report)
     if args.write:
         write_section("bench_sweep.py (CPU)", report)
+
+
+def model_main(args) -> None:
+    import platform
+
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    import st_tp
+    from st_tp.data import read_pairs
+    from st_tp.runtime.config import resolve_dtype
+    from st_tp.sweep import full_passes, sweep
+
+    low, high = map(int, args.tp_ends.split(".."))
+    tp_ends = list(range(low, high + 1))
+    s1, s2, gold = read_pairs(DEV, args.pairs)
+    total_layers = []
+
+    def plain():  # one evaluation that runs every layer, as a user's run does: build (load), embed both sides, score
+        model = st_tp.build(args.model, tp_end=tp_ends[-1], output_layer=-1, device="cpu")
+        total_layers.append(model[0].runner.total_layers)
+        a, b = model.encode(s1, batch_size=32), model.encode(s2, batch_size=32)
+        return spearmanr(gold, (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).statistic
+
+    runs = {"plain_all_layers": plain,
+            "sweep": lambda: sweep(args.model, DEV, tp_ends=tp_ends, limit=args.pairs, device="cpu", show_progress_bar=False)}
+    med = time_interleaved(runs, args.rounds)
+    layers, n = total_layers[0], len(tp_ends)
+    dtype = str(resolve_dtype("auto", "cpu")).removeprefix("torch.")
+    lines = [f"{args.model} ({layers} layers), {dtype} (the default dtype here), CPU {platform.processor() or platform.machine()}, "
+             f"2 cores; {args.pairs} STS-B dev pairs; tp_end {low}..{high} (n = {n}) + vanilla; {args.rounds} interleaved "
+             "round(s), median seconds.", "", "| run | median s |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in med.items()]
+    lines += ratio_lines({
+        f"sweep / one plain evaluation = measured full passes (bound about n + 1 = {n + 1})": med["sweep"] / med["plain_all_layers"],
+        "full passes counted by st_tp.sweep.full_passes (layer computations / depth)": full_passes(tp_ends, layers),
+    })
+    report = "\n".join(lines)
+    print(report)
+    if args.write:
+        write_section(f"bench_sweep.py --model {args.model} (CPU)", report)
 
 
 if __name__ == "__main__":

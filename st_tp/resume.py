@@ -12,14 +12,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Collection, Iterator, Sequence
 
-import torch
 from torch import Tensor, nn
 
+from st_tp.runtime import packing
 from st_tp.runtime.batching import TemplateBatch
-from st_tp.runtime.decoder import final_norm, find_decoder, last_token_positions, real_token_indices
+from st_tp.runtime.decoder import final_norm, find_decoder, last_token_positions, take_rows
 from st_tp.runtime.forward import install_hooks
 from st_tp.runtime.hf_compat import layer_hidden_states, layer_output_hidden_states, with_cache
-from st_tp.runtime.packing import unpack
+from st_tp.runtime.packing import RowLayout
 from st_tp.runtime.prefix_cache import PrefixKV
 
 
@@ -61,22 +61,22 @@ def continue_layers(
     every index after `start`, the final-normed output included."""
     decoder = find_decoder(model)
     norm = final_norm(decoder)
+    # Laid out as the recorded pass was (st_tp.runtime.packing): padding is never computed, and the recorded per-token
+    # inputs (rotary embeddings, still padded) are packed again by the layers' packing hook.
+    layout = RowLayout.of(attention_mask, packed=packing.supports_packing(decoder), past=prefix.length if prefix else 0)
+    last_rows = layout.rows_of(last_token_positions(attention_mask))
     hidden = recorder.inputs[start]
-    batch, seq_len = attention_mask.shape
-    if tuple(hidden.shape[:2]) != (batch, seq_len):  # recorded in a packed pass (real tokens only): pad it again
-        hidden = unpack(hidden, real_token_indices(attention_mask), batch, seq_len)
-    rows = torch.arange(hidden.shape[0], device=hidden.device)
-    last = last_token_positions(attention_mask)
-    # The recorded cache already holds the full run's keys; a resumed run starts again from the bare prefix, one copy
-    # per (padded) row. The recorded mask already has the prefix columns in front.
-    cache = prefix.for_batch(attention_mask, batch)[0] if prefix is not None else None
+    # The recorded cache already holds the full run's keys; a resumed run starts again from the bare prefix (one copy
+    # when packed, one per padded row). The recorded mask already has the prefix columns in front.
+    cache = prefix.for_batch(attention_mask, layout.shape[0])[0] if prefix is not None else None
     captured = {}
-    for index in range(start, len(decoder.layers)):
-        args, kwargs = recorder.calls[index]
-        layer = decoder.layers[index]
-        hidden = layer_output_hidden_states(layer(hidden, *args, **with_cache(layer, kwargs, cache)))
-        captured[index + 1] = hidden[rows, last]
-    captured[len(decoder.layers)] = norm(hidden)[rows, last]
+    with packing.LAYOUT.active(layout):
+        for index in range(start, len(decoder.layers)):
+            args, kwargs = recorder.calls[index]
+            layer = decoder.layers[index]
+            hidden = layer_output_hidden_states(layer(hidden, *args, **with_cache(layer, kwargs, cache)))
+            captured[index + 1] = take_rows(hidden, last_rows)
+    captured[len(decoder.layers)] = take_rows(norm(hidden), last_rows)
     return captured
 
 

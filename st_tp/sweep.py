@@ -3,7 +3,9 @@
 Cost: every exit layer of a tp_end comes from one forward pass (only the last-token state of each layer is
 kept), and runs with different tp_end share the layers before tp_end. One full TP pass at the largest tp_end
 saves its input at every candidate tp_end; each smaller tp_end resumes from there without TP. Exits at or
-below a tp_end are shared with the full run.
+below a tp_end are shared with the full run. In all, `full_passes` forward passes: 9.7 for tp_end 2..12 + vanilla
+on a 28-layer model, under the n + 1 = 12 of running each tp_end and vanilla once. The progress bar counts prompt
+tokens, not batches, so its ETA holds although the batches run longest first.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tqdm.auto import tqdm
 from st_tp.base_model import resolve_base_model
 from st_tp.data import read_pairs
 from st_tp.resume import TPEndRecorder
+from st_tp.runtime.batching import TemplateBatch
 from st_tp.runtime.config import TPConfig, resolve_device
 from st_tp.runtime.module import TokenPrepending
 
@@ -54,6 +57,18 @@ class SweepResult:
         same token, so all cosines are equal and the correlation is undefined) never win."""
         cells = [(e, k, v) for e, row in self.scores.items() if e != VANILLA for k, v in enumerate(row) if np.isfinite(v)]
         return max(cells, key=lambda cell: cell[2])
+
+
+def full_passes(tp_ends: list[int], total_layers: int, include_vanilla: bool = True) -> float:
+    """The sweep's cost in full forward passes over the dev prompts (layer computations / total_layers): one pass at
+    the largest tp_end, the layers after each smaller tp_end again, and one vanilla pass. At most n + 1 for n tp_ends."""
+    *smaller, largest = sorted(set(tp_ends))
+    return 1 + sum(total_layers - e for e in smaller) / total_layers + include_vanilla
+
+
+def computed_tokens(batches: list[TemplateBatch]) -> int:
+    """The prompt tokens a pass over these template batches computes: real ones, after each template's cached prefix."""
+    return sum(int(batch.attention_mask.sum()) for batch in batches)
 
 
 def _cosine(states: torch.Tensor) -> np.ndarray:
@@ -100,18 +115,30 @@ def sweep(
     every_layer = range(total_layers + 1)
     cosines = {e: [[] for _ in every_layer] for e in [VANILLA, *tp_ends][0 if include_vanilla else 1 :]}
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for pair_ids in tqdm(batches, desc=f"sweep ({len(tp_ends)} tp_end{' + vanilla' if include_vanilla else ''})", disable=not show_progress_bar):
-        texts = [s1[i] for i in pair_ids] + [s2[i] for i in pair_ids]
+    # Tokenized (and split by template, the shared prefixes cut off) up front, so that the progress bar counts the
+    # prompt tokens each batch computes: the batches run longest first, and a bar counting batches extrapolated the
+    # first, most expensive one (a 6 h ETA for a 1 h sweep).
+    work = []
+    with torch.inference_mode():  # a template's prefix cache is computed on its first batch
+        for pair_ids in batches:
+            texts = [s1[i] for i in pair_ids] + [s2[i] for i in pair_ids]
+            work.append([runner.template_batches(batch_to_device(module.preprocess(texts, tp=tp), device))
+                         for tp in (True, False)[: 1 + include_vanilla]])
+    progress = tqdm(total=sum(computed_tokens(tp) for tp, *_ in work), unit="tok", unit_scale=True, disable=not show_progress_bar,
+                    desc=f"sweep ({len(tp_ends)} tp_end{' + vanilla' if include_vanilla else ''}: "
+                         f"{full_passes(tp_ends, total_layers, include_vanilla):.1f} passes over {2 * len(order)} prompts)")
+    for tp_batches, *vanilla_batches in work:
         with torch.inference_mode():
             # Every (tp_end, k), averaged over the templates: one recorded pass at the largest tp_end per template;
             # every smaller tp_end resumes from that pass's input to its layer tp_end (st_tp.resume).
-            tp_features = batch_to_device(module.preprocess(texts, tp=True), device)
-            cells = runner.last_token_states(tp_features, every_layer, recorder=TPEndRecorder(tp_ends, total_layers))
-            if include_vanilla:
-                vanilla = runner.last_token_states(batch_to_device(module.preprocess(texts, tp=False), device), every_layer)
+            cells = runner.last_token_states(tp_batches, every_layer, recorder=TPEndRecorder(tp_ends, total_layers))
+            for batches_of_vanilla in vanilla_batches:
+                vanilla = runner.last_token_states(batches_of_vanilla, every_layer)
                 cells.update({(VANILLA, k): v for k, v in vanilla.items()})
         for (e, k), states in cells.items():
             cosines[e][k].append(_cosine(states))
+        progress.update(computed_tokens(tp_batches))
+    progress.close()
     score = spearmanr if metric == "spearman" else pearsonr
     gold_sorted = np.concatenate([gold[ids] for ids in batches])
     with warnings.catch_warnings():  # constant cosines (layer 0) give NaN, reported as such in grid.csv

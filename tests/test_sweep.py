@@ -88,3 +88,45 @@ def test_sweep_errors_name_the_setting(tiny_llama, data_dir):
         sweep(tiny_llama, dev, tp_ends=[1, 3], **common)
     with pytest.raises(ValueError, match="tp_end 5 exceeds the model's 4 decoder layers"):
         sweep(tiny_llama, dev, tp_ends=[2, 5], **common)
+
+
+def test_progress_counts_prompt_tokens_so_its_eta_holds(golden_dir, data_dir, monkeypatch):
+    """The batches run longest first: a bar that counted batches extrapolated the first, most expensive one (a 6 h
+    ETA for a 1 h sweep). It counts each batch's real prompt tokens instead, which is what a pass's time follows."""
+    import st_tp.sweep as sweep_module
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, **kwargs):
+            self.total, self.done, self.desc = total, [], kwargs["desc"]
+            bars.append(self)
+
+        def update(self, n):
+            self.done.append(n)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(sweep_module, "tqdm", Bar)
+    base, dev = str(golden_dir / "llama" / "model"), data_dir / "raw" / "stsb.dev.tsv"
+    sweep(base, dev, tp_ends=[2, 3], limit=24, batch_size=4, dtype="float32", device="cpu", show_progress_bar=True)
+    (bar,) = bars
+    s1, s2, _ = read_pairs(dev, 24)
+    module = st_tp.build(base, tp_end=3, dtype="float32", device="cpu")[0]
+    prompts = module.preprocess(s1 + s2)
+    (template,) = module.runner.template_batches(prompts)  # PromptEOL: one template, its prefix before <PST> cached
+    cached = len(s1 + s2) * template.prefix.length
+    assert bar.total == sum(bar.done) == int(prompts["attention_mask"].sum()) - cached and cached > 0
+    assert len(bar.done) == 6 and bar.done[0] == max(bar.done) > bar.done[-1]  # longest pairs (by characters) first
+    assert "2 tp_end + vanilla: 2.8 passes over 48 prompts" in bar.desc  # 1 + (8 - 2) / 8 + 1 = 2.75 (8 layers)
+
+
+def test_full_passes_stay_under_one_per_tp_end_plus_vanilla():
+    from st_tp.sweep import full_passes
+
+    assert full_passes([4], 16, include_vanilla=False) == 1
+    assert full_passes(range(2, 13), 28) == pytest.approx(1 + sum(28 - e for e in range(2, 12)) / 28 + 1)  # 9.68
+    for layers in (8, 16, 28, 32, 80):
+        for n in range(1, layers):
+            assert full_passes(range(1, n + 1), layers) <= n + 1
