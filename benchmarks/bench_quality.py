@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> str:
                 print(f"{model} {method} {name}: STS avg {sum(row[:7]) / 7:.2f} ({time.time() - started:.0f}s)", flush=True)
         sections.append(format_table(model, total_layers, table))
     paper = [PAPER_SCORES[name] for name in TASKS]
-    sections.append(format_table("Llama-2-7B (paper Table 1 / Table 12; a different, 50x larger model)", 32, [
+    sections.append(format_table("Llama-2-7B (paper Table 1 / Table 12; a different, larger model)", 32, [
         ("prompteol", "vanilla PromptEOL, last layer", [p[0] for p in paper]),
         ("prompteol", "PromptEOL + TP (1..7, exit 27)", [p[1] for p in paper]),
     ]))
@@ -167,8 +168,8 @@ def main() -> None:
     parser.add_argument("--only-dev-best", nargs="*", default=[], metavar="METHOD",
                         help="for these prompt methods only the two dev-best rows (vanilla layer, TP cell): what the size curve needs")
     parser.add_argument("--dev-pairs", default="400", help="for --write: how many STS-B dev pairs the sweeps scored")
-    parser.add_argument("--section", default="Quality on real weights (bench_quality.py, CPU)",
-                        help="for --write: the RESULTS.md section the tables replace")
+    parser.add_argument("--section", help="for --write: the RESULTS.md section the tables replace (default: one named "
+                        "after the models, so a run of other models never replaces theirs)")
     parser.add_argument("--verbose", action="store_true", help="mteb's own progress bars and logs")
     parser.add_argument("--dtypes", nargs="+", choices=["auto", "float32", "bfloat16", "float16"],
                         help="instead of the four variants: each model's PromptEOL+TP preset at each of these dtypes")
@@ -176,17 +177,25 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="write the tables into benchmarks/RESULTS.md")
     args = parser.parse_args()
     args.sample = args.sample or None
+    if unknown := set(args.only_dev_best) - set(args.methods):
+        parser.error(f"--only-dev-best {' '.join(sorted(unknown))}: not among --methods {' '.join(args.methods)}")
+    from st_tp.runtime.config import resolve_dtype
+
+    args.dtype = str(resolve_dtype(args.dtype, "cpu")).removeprefix("torch.")  # 'auto' named as what it runs in here
+    if args.section is None:
+        default_models = args.models == parser.get_default("models")
+        args.section = "Quality on real weights " + ("" if default_models else f"of {', '.join(args.models)} ") + "(bench_quality.py, CPU)"
     started = time.time()
     tables = dtype_run(args) if args.dtypes else run(args)
     print(tables)
     if args.write and args.dtypes:
-        command = "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:])
+        command = shlex.join(["python", "benchmarks/bench_quality.py", *sys.argv[1:]])
         body = (f"`{command}`: {platform.processor() or platform.machine()} CPU, {args.threads} threads, "
                 f"{time.time() - started:.0f} s; {args.sample} pairs per test set drawn at random (seed 0; BIOSSES has "
                 "100, all used), mteb's cosine Spearman x100.\n\n" + tables)
         write_section("Quality at the default dtype (bench_quality.py --dtypes, CPU)", body)
     elif args.write:
-        command = "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:])
+        command = shlex.join(["python", "benchmarks/bench_quality.py", *sys.argv[1:]])
         subset = f"{args.sample} pairs per test set drawn at random (seed 0; BIOSSES has 100, all used)" if args.sample else "full test sets"
         body = (
             f"`{command}`: {platform.processor() or platform.machine()} CPU, {args.threads} threads, {args.dtype}, "

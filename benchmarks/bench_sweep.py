@@ -80,6 +80,7 @@ def model_main(args) -> None:
     import platform
 
     import numpy as np
+    import torch
     from scipy.stats import spearmanr
 
     import st_tp
@@ -87,8 +88,8 @@ def model_main(args) -> None:
     from st_tp.runtime.config import resolve_dtype
     from st_tp.sweep import full_passes, sweep
 
-    low, high = map(int, args.tp_ends.split(".."))
-    tp_ends = list(range(low, high + 1))
+    low, _, high = args.tp_ends.partition("..")
+    tp_ends = list(range(int(low), int(high or low) + 1))
     s1, s2, gold = read_pairs(DEV, args.pairs)
     total_layers = []
 
@@ -104,10 +105,10 @@ def model_main(args) -> None:
     layers, n = total_layers[0], len(tp_ends)
     dtype = str(resolve_dtype("auto", "cpu")).removeprefix("torch.")
     lines = [f"{args.model} ({layers} layers), {dtype} (the default dtype here), CPU {platform.processor() or platform.machine()}, "
-             f"2 cores; {args.pairs} STS-B dev pairs; tp_end {low}..{high} (n = {n}) + vanilla; {args.rounds} interleaved "
+             f"{torch.get_num_threads()} threads; {args.pairs} STS-B dev pairs; tp_end {args.tp_ends} (n = {n}) + vanilla; {args.rounds} interleaved "
              "round(s), median seconds.", "", "| run | median s |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in med.items()]
     lines += ratio_lines({
-        f"sweep / one plain evaluation = measured full passes (bound about n + 1 = {n + 1})": med["sweep"] / med["plain_all_layers"],
+        f"sweep / one plain evaluation, wall time, both loading the model (bound about n + 1 = {n + 1})": med["sweep"] / med["plain_all_layers"],
         "full passes counted by st_tp.sweep.full_passes (layer computations / depth)": full_passes(tp_ends, layers),
     })
     report = "\n".join(lines)

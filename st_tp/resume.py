@@ -76,7 +76,7 @@ def continue_layers(
             layer = decoder.layers[index]
             hidden = layer_output_hidden_states(layer(hidden, *args, **with_cache(layer, kwargs, cache)))
             captured[index + 1] = take_rows(hidden, last_rows)
-    captured[len(decoder.layers)] = take_rows(norm(hidden), last_rows)
+    captured[len(decoder.layers)] = norm(take_rows(hidden, last_rows))  # the norm acts per row
     return captured
 
 

@@ -56,24 +56,42 @@ def test_sweep_outputs(swept):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
-def test_recorded_cells_equal_runners_built_at_each_tp_end(tiny_llama):
+LONG = " ".join(["The quick brown fox jumps over the lazy dog again."] * 4)  # past a 24-token sliding window
+RESUME_CASES = {  # how the recorded pass laid out its rows, which the resumed layers must lay out again
+    "sdpa, packed, prefix cache": dict(),
+    "eager attention": dict(model_kwargs={"attn_implementation": "eager"}),
+    "prefix cache off": dict(prefix_cache=False),
+    "one text (no padding: not packed)": dict(texts=["A man is playing a guitar."]),
+    "gemma3 sliding window": dict(arch="gemma3_text", texts=["Hi", LONG, "A man is playing a guitar."]),
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_recorded_cells_equal_runners_built_at_each_tp_end(tiny_llama, tmp_path, case):
     """The sweep's TPEndRecorder through the runner's recorder= hook: every (tp_end, k) state of one recorded pass
-    equals what a runner built at that tp_end computes (two templates, prefix cache on)."""
+    equals what a runner built at that tp_end computes (two templates), whatever layout the pass used."""
+    settings = dict(RESUME_CASES[case])
+    texts = settings.pop("texts", ["A man is playing a guitar.", "Hi", "Is it going to rain tomorrow?"])
+    base = tiny_llama
+    if "arch" in settings:
+        from tests.tiny_models import make_tiny
+
+        base = make_tiny(settings.pop("arch"), tmp_path / "model", tiny_llama, sliding_window=24)
     templates = ["This sentence : <PST> \"{text}\" means in one word:\"", "Sentence <PST> '{text}' in a word:"]
-    texts = ["A man is playing a guitar.", "Hi", "Is it going to rain tomorrow?"]
 
     def module(tp_end):
-        return st_tp.build(tiny_llama, prompt_method="custom", template=templates, tp_end=tp_end, output_layer=-1,
-                           dtype="float32", device="cpu")[0]
+        return st_tp.build(base, prompt_method="custom", template=templates, tp_end=tp_end, output_layer=-1,
+                           dtype="float32", device="cpu", **settings)[0]
 
     built = module(4)
     features, largest = built.preprocess(texts), built.runner
+    every = range(largest.total_layers + 1)
     with torch.inference_mode():
-        cells = largest.last_token_states(features, range(5), recorder=TPEndRecorder([2, 3, 4], largest.total_layers))
-        assert sorted(cells) == [(e, k) for e in (2, 3, 4) for k in range(5)]
+        cells = largest.last_token_states(features, every, recorder=TPEndRecorder([2, 3, 4], largest.total_layers))
+        assert sorted(cells) == [(e, k) for e in (2, 3, 4) for k in every]
         for tp_end in (2, 3, 4):
-            direct = module(tp_end).runner.last_token_states(features, range(5))
-            for k in range(5):
+            direct = module(tp_end).runner.last_token_states(features, every)
+            for k in every:
                 torch.testing.assert_close(cells[(tp_end, k)], direct[k], rtol=1e-5, atol=1e-5)
         assert not torch.allclose(cells[(2, 4)], cells[(4, 4)]), "different tp_end must give different states"
 
@@ -125,7 +143,7 @@ def test_progress_counts_prompt_tokens_so_its_eta_holds(golden_dir, data_dir, mo
 def test_full_passes_stay_under_one_per_tp_end_plus_vanilla():
     from st_tp.sweep import full_passes
 
-    assert full_passes([4], 16, include_vanilla=False) == 1
+    assert full_passes([4], 16, include_vanilla=False) == 1 and full_passes([4], 16) == 2  # n = 1: the bound itself
     assert full_passes(range(2, 13), 28) == pytest.approx(1 + sum(28 - e for e in range(2, 12)) / 28 + 1)  # 9.68
     for layers in (8, 16, 28, 32, 80):
         for n in range(1, layers):
