@@ -30,6 +30,14 @@ STS7 = ["STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICK-R"]
 TASKS = [*STS7, "BIOSSES"]
 
 
+def sts_tasks(sample: int | None) -> list:
+    """st_tp's local mteb tasks for TASKS, in TASKS' order (`sample` test pairs per set, seed 0; None: all)."""
+    from st_tp.evaluation import local_tasks
+
+    by_name = {t.metadata.name.removesuffix("-local"): t for t in local_tasks(DATA, TASKS, sample=sample)}
+    return [by_name[name] for name in TASKS]
+
+
 def variants(total_layers: int, grid_csv: Path) -> dict[str, dict]:
     """The four settings, as st_tp.build overrides; output_layer = total_layers is written as -1."""
     from st_tp.runtime.config import paper_setting
@@ -61,13 +69,11 @@ def label(model: str, method: str, settings: dict) -> str:
 def run(args: argparse.Namespace) -> str:
     import st_tp
     from st_tp.base_model import resolve_base_model
-    from st_tp.evaluation import local_tasks, run_mteb
+    from st_tp.evaluation import run_mteb
     from st_tp.evaluation.tasks import PAPER_SCORES
 
     torch.set_num_threads(args.threads)
-    tasks = local_tasks(DATA, TASKS, sample=args.sample)
-    by_name = {t.metadata.name.removesuffix("-local"): t for t in tasks}
-    tasks = [by_name[name] for name in TASKS]
+    tasks = sts_tasks(args.sample)
     sections = []
     started = time.time()
     for model in args.models:
@@ -104,13 +110,11 @@ def dtype_run(args: argparse.Namespace) -> str:
     """Each model's PromptEOL+TP preset (configs/<model>-prompteol-tp.yaml) at each of `args.dtypes`: what the
     default dtype ('auto', bfloat16 on a CPU that runs it natively) costs in quality against float32."""
     import st_tp
-    from st_tp.evaluation import local_tasks, run_mteb
+    from st_tp.evaluation import run_mteb
     from st_tp.runtime.config import resolve_dtype
 
     torch.set_num_threads(args.threads)
-    tasks = local_tasks(DATA, TASKS, sample=args.sample)
-    by_name = {t.metadata.name.removesuffix("-local"): t for t in tasks}
-    tasks = [by_name[name] for name in TASKS]
+    tasks = sts_tasks(args.sample)
     sections = []
     for model in args.models:
         table = []

@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model", default="random", help="random (the 512x16 Llama of bench_speed.py) or packaged:<name>")
-    parser.add_argument("--tp-ends", default="2..12", help="real-model mode: the swept tp_end values, a..b")
+    parser.add_argument("--tp-ends", default="2..12", help="real-model mode: the swept tp_end values, as st-tp sweep --tp-end takes them")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     if args.model != "random":
@@ -84,12 +84,12 @@ def model_main(args) -> None:
     from scipy.stats import spearmanr
 
     import st_tp
+    from st_tp.cli import parse_tp_ends
     from st_tp.data import read_pairs
     from st_tp.runtime.config import resolve_dtype
     from st_tp.sweep import full_passes, sweep
 
-    low, _, high = args.tp_ends.partition("..")
-    tp_ends = list(range(int(low), int(high or low) + 1))
+    tp_ends = parse_tp_ends(args.tp_ends)
     s1, s2, gold = read_pairs(DEV, args.pairs)
     total_layers = []
 

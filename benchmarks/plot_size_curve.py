@@ -11,9 +11,8 @@ Tables 1 and 2 and drawn apart: their baseline is vanilla at the *last* layer, n
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import re
-import struct
 import sys
 from pathlib import Path
 
@@ -56,18 +55,14 @@ def table_averages(text: str, model: str) -> tuple[dict[tuple[str, str], float],
 
 def parameter_count(model: str) -> int:
     """Elements of every tensor in the packaged model's converted safetensors (tied embeddings counted once)."""
+    from safetensors import safe_open
+
     from st_tp.base_model import resolve_base_model
 
     total = 0
     for file in Path(resolve_base_model(f"packaged:{model}").path).glob("*.safetensors"):
-        with open(file, "rb") as f:
-            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
-        for name, entry in header.items():
-            if name != "__metadata__":
-                n = 1
-                for size in entry["shape"]:
-                    n *= size
-                total += n
+        with safe_open(file, "pt") as f:  # reads the header only
+            total += sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
     return total
 
 

@@ -204,7 +204,7 @@ def similarity_table(sentences: list[str], scores) -> str:
     return "\n".join(rows)
 
 
-def _parse_range(text: str) -> list[int]:
+def parse_tp_ends(text: str) -> list[int]:
     """'2..12', '2,4,8' or '7'."""
     try:
         if ".." in text:
@@ -219,7 +219,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     _existing_file(args.dev, "--dev")
     _check_model(args.base)
     _check_device(args.device)
-    tp_ends = _parse_range(args.tp_end)
+    tp_ends = parse_tp_ends(args.tp_end)
     import numpy as np
 
     from st_tp.sweep import VANILLA, sweep, write_outputs

@@ -118,22 +118,24 @@ def sweep(
     # Tokenized (and split by template, the shared prefixes cut off) up front, so that the progress bar counts the
     # prompt tokens each batch computes: the batches run longest first, and a bar counting batches extrapolated the
     # first, most expensive one (a 6 h ETA for a 1 h sweep).
+    def prepared(texts: list[str], tp: bool) -> list[TemplateBatch]:
+        return runner.template_batches(batch_to_device(module.preprocess(texts, tp=tp), device))
+
     work = []
     with torch.inference_mode():  # a template's prefix cache is computed on its first batch
         for pair_ids in batches:
             texts = [s1[i] for i in pair_ids] + [s2[i] for i in pair_ids]
-            work.append([runner.template_batches(batch_to_device(module.preprocess(texts, tp=tp), device))
-                         for tp in (True, False)[: 1 + include_vanilla]])
-    progress = tqdm(total=sum(computed_tokens(tp) for tp, *_ in work), unit="tok", unit_scale=True, disable=not show_progress_bar,
+            work.append((prepared(texts, tp=True), prepared(texts, tp=False) if include_vanilla else None))
+    progress = tqdm(total=sum(computed_tokens(tp) for tp, _ in work), unit="tok", unit_scale=True, disable=not show_progress_bar,
                     desc=f"sweep ({len(tp_ends)} tp_end{' + vanilla' if include_vanilla else ''}: "
                          f"{full_passes(tp_ends, total_layers, include_vanilla):.1f} passes over {2 * len(order)} prompts)")
-    for tp_batches, *vanilla_batches in work:
+    for tp_batches, vanilla_batches in work:
         with torch.inference_mode():
             # Every (tp_end, k), averaged over the templates: one recorded pass at the largest tp_end per template;
             # every smaller tp_end resumes from that pass's input to its layer tp_end (st_tp.resume).
             cells = runner.last_token_states(tp_batches, every_layer, recorder=TPEndRecorder(tp_ends, total_layers))
-            for batches_of_vanilla in vanilla_batches:
-                vanilla = runner.last_token_states(batches_of_vanilla, every_layer)
+            if vanilla_batches is not None:
+                vanilla = runner.last_token_states(vanilla_batches, every_layer)
                 cells.update({(VANILLA, k): v for k, v in vanilla.items()})
         for (e, k), states in cells.items():
             cosines[e][k].append(_cosine(states))

@@ -343,20 +343,25 @@ def test_ray_names_a_malformed_jsonl_line_in_the_last_line(ray_cluster, model_di
     assert by_ray == local and f"{source} line 11: not JSON" in by_ray, by_ray
 
 
-def test_ray_resume_inside_one_file_embeds_only_the_unfinished_rows(ray_cluster, model_dir, tmp_path):
-    source = tmp_path / "one.jsonl"
-    source.write_text("".join(json.dumps({"text": f"sentence number {i} {'word ' * (i % 9)}"}) + "\n" for i in range(200)))
-    settings = dict(engine="ray", actors=2, batch_size=8, shard_size=40, progress=False)
+def interrupt_after_shard(last: int, *args, **settings) -> None:
+    """`embed_corpus(*args, **settings)` stopped by an exception once shard `last` is written (as a crash would)."""
 
     class Stop(Exception):
         pass
 
-    def stop_after_three(meta):
-        if meta["shard"] == 2:
+    def stop(meta):
+        if meta["shard"] == last:
             raise Stop
 
     with pytest.raises(Stop):
-        embed_corpus(source, tmp_path / "out", model_dir, on_shard=stop_after_three, **settings)
+        embed_corpus(*args, on_shard=stop, **settings)
+
+
+def test_ray_resume_inside_one_file_embeds_only_the_unfinished_rows(ray_cluster, model_dir, tmp_path):
+    source = tmp_path / "one.jsonl"
+    source.write_text("".join(json.dumps({"text": f"sentence number {i} {'word ' * (i % 9)}"}) + "\n" for i in range(200)))
+    settings = dict(engine="ray", actors=2, batch_size=8, shard_size=40, progress=False)
+    interrupt_after_shard(2, source, tmp_path / "out", model_dir, **settings)
     summary = embed_corpus(source, tmp_path / "out", model_dir, **settings)
     assert (summary.shards_skipped, summary.rows_embedded, summary.rows_written) == (3, 80, 200)
     table = read_output(tmp_path / "out")

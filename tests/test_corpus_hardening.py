@@ -21,7 +21,7 @@ from st_tp.corpus.ids import DigestSet, digests
 from st_tp.corpus.inputs import CorpusInput
 from st_tp.corpus.readers import iter_input
 from tests.conftest import ROOT
-from tests.test_corpus import _error, model_dir, read_output  # noqa: F401  (model_dir: a fixture)
+from tests.test_corpus import _error, interrupt_after_shard, model_dir, read_output  # noqa: F401  (model_dir: a fixture)
 
 
 def test_csv_with_a_quoted_newline_in_every_row_is_read_whole(tmp_path):
@@ -114,16 +114,7 @@ def test_the_digest_set_finds_every_repeat_and_no_other():
 def test_resume_inside_a_single_file_reads_only_the_unfinished_rows(model_dir, tmp_path):  # noqa: F811
     source = tmp_path / "one.jsonl"
     source.write_text("".join(json.dumps({"text": f"sentence number {i}"}) + "\n" for i in range(100)))
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_two(meta):
-        if meta["shard"] == 1:
-            raise Stop
-
-    with pytest.raises(Stop):
-        embed_corpus(source, tmp_path / "out", model_dir, shard_size=30, progress=False, on_shard=stop_after_two)
+    interrupt_after_shard(1, source, tmp_path / "out", model_dir, shard_size=30, progress=False)
     summary = embed_corpus(source, tmp_path / "out", model_dir, shard_size=30, progress=False)
     assert (summary.shards_skipped, summary.rows_embedded, summary.rows_written) == (2, 40, 100)
     embed_corpus(source, tmp_path / "clean", model_dir, shard_size=30, progress=False)
