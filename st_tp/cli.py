@@ -230,7 +230,15 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     write_outputs(result, args.out, args.base, args.prompt_method, args.dev)
     best_e, best_k, best_v = result.best()
     print(f"best: tp_end={best_e} output_layer={best_k} {result.metric}={best_v:.4f} "
-          f"(vanilla best {np.nanmax(result.scores[VANILLA]):.4f}); wrote {args.out}/grid.csv, heatmap.png, curves.png, best.yaml")
+          f"(vanilla best {np.nanmax(result.scores[VANILLA]):.4f}; {result.dtype}); wrote {args.out}/grid.csv, heatmap.png, "
+          "curves.png, best.yaml")
+    if result.rebuilt_differs():
+        print(f"st-tp: warning: a model built with the best cell's settings scores {result.best_rebuilt:.6f}, its grid cell "
+              f"{best_v:.6f}: this machine's kernels round the sweep's shared layers otherwise than a built model's. "
+              "Trust the built model's score; to compare near cells, build them (st-tp build --config "
+              f"{args.out}/best.yaml --set tp_end=N --set output_layer=K) and score them on the dev set.", file=sys.stderr)
+    else:
+        print(f"checked: a model built with best.yaml scores {result.best_rebuilt:.6f}, as its grid cell.")
 
 
 def cmd_mteb(args: argparse.Namespace) -> None:

@@ -11,6 +11,7 @@ tokens, not batches, so its ETA holds although the batches run longest first.
 from __future__ import annotations
 
 import csv
+import functools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 import yaml
 from scipy.stats import pearsonr, spearmanr
+from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import batch_to_device
 from tqdm.auto import tqdm
 
@@ -38,6 +40,8 @@ class SweepResult:
     total_layers: int
     metric: str
     tp_start: int
+    dtype: str = ""  # the torch dtype the sweep ran in ("bfloat16" for dtype auto on a CPU that runs it natively)
+    best_rebuilt: float | None = None  # the best TP cell's score from a model built with its settings (model.encode)
 
     @classmethod
     def read_csv(cls, path: str | Path, metric: str = "spearman", tp_start: int = 1) -> SweepResult:
@@ -51,6 +55,10 @@ class SweepResult:
         """The output layer of the best vanilla cell (NaN cells never win)."""
         row = self.scores[VANILLA]
         return max((k for k, v in enumerate(row) if np.isfinite(v)), key=lambda k: row[k])
+
+    def rebuilt_differs(self, tolerance: float = 1e-6) -> bool:
+        """Whether the model built with the best cell's settings scored otherwise than its cell (beyond `tolerance`)."""
+        return self.best_rebuilt is not None and abs(self.best_rebuilt - self.best()[2]) > tolerance
 
     def best(self) -> tuple[int, int, float]:
         """(tp_end, output_layer, score) of the best TP cell. NaN cells (e.g. layer 0: every prompt ends in the
@@ -94,8 +102,10 @@ def sweep(
     show_progress_bar: bool = True,
     include_vanilla: bool = True,
     gguf_file: str | None = None,
+    rebuild_best: bool = True,
 ) -> SweepResult:
-    """Score every (tp_end, output_layer) cell and the vanilla prompt on an STS-like dev set."""
+    """Score every (tp_end, output_layer) cell and the vanilla prompt on an STS-like dev set. With `rebuild_best`, the
+    best TP cell is scored once more by a model built with its settings (`SweepResult.best_rebuilt`)."""
     if metric not in ("spearman", "pearson"):
         raise ValueError(f"metric must be 'spearman' or 'pearson', got {metric!r}.")
     tp_ends = sorted(set(tp_ends))
@@ -106,7 +116,8 @@ def sweep(
     config = TPConfig(prompt_method=prompt_method if template is None else "custom", template=template, tp_start=tp_start,
                       tp_end=tp_ends[-1], output_layer=-1, dtype=dtype, device=device)
     config.replace(tp_end=tp_ends[0])
-    module = TokenPrepending(resolve_base_model(base_model, gguf_file, dtype=config.dtype, device=config.device).path, config)
+    base_path = resolve_base_model(base_model, gguf_file, dtype=config.dtype, device=config.device).path
+    module = TokenPrepending(base_path, config)
     runner = module.to(resolve_device(device)).runner
     device = runner.pst_embedding.device
     total_layers = runner.total_layers
@@ -146,7 +157,24 @@ def sweep(
     with warnings.catch_warnings():  # constant cosines (layer 0) give NaN, reported as such in grid.csv
         warnings.simplefilter("ignore")
         scores = {e: [float(score(gold_sorted, np.concatenate(c)).statistic) for c in row] for e, row in cosines.items()}
-    return SweepResult(scores=scores, total_layers=total_layers, metric=metric, tp_start=tp_start)
+    result = SweepResult(scores=scores, total_layers=total_layers, metric=metric, tp_start=tp_start,
+                         dtype=str(runner.dtype).removeprefix("torch."))
+    if rebuild_best:
+        best_e, best_k, _ = result.best()
+        del module, runner, work  # one model in memory at a time
+        best = config.replace(tp_end=best_e, output_layer=-1 if best_k == total_layers else best_k)
+        result.best_rebuilt = score_built(base_path, best, (s1, s2, gold), metric, batch_size=2 * batch_size, device=str(device))
+    return result
+
+
+def score_built(base_path: str, config: TPConfig, pairs: tuple, metric: str, *, batch_size: int, device: str) -> float:
+    """The dev score of a model built with `config`, through model.encode: the path every user of a preset takes, so
+    a sweep can check that the preset it writes scores what its grid says."""
+    model = SentenceTransformer(modules=[TokenPrepending(base_path, config)], device=device)
+    s1, s2, gold = pairs
+    embed = functools.partial(model.encode, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+    score = spearmanr if metric == "spearman" else pearsonr
+    return float(score(gold, (embed(s1) * embed(s2)).sum(1)).statistic)
 
 
 def write_outputs(result: SweepResult, out: str | Path, base_model: str, prompt_method: str, dev: str) -> None:
@@ -197,7 +225,8 @@ def write_outputs(result: SweepResult, out: str | Path, base_model: str, prompt_
     preset = {
         "base_model": base_model,
         "notes": f"st-tp sweep: best dev {result.metric} {best_v:.4f} on {dev} (vanilla best "
-                 f"{np.nanmax(result.scores[VANILLA]):.4f})",
+                 f"{np.nanmax(result.scores[VANILLA]):.4f}), in {result.dtype}"
+                 + ("" if result.best_rebuilt is None else f"; a model built with this preset scored {result.best_rebuilt:.4f}"),
         "prompt_method": prompt_method,
         "tp": True,
         "tp_start": result.tp_start,

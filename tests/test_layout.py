@@ -12,15 +12,27 @@ def _module_name(path) -> str:
     return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
 
 
-def _imports(path, *, module_level_only: bool) -> set[str]:
-    """st_tp modules a file imports; relative imports resolved. With module_level_only, imports inside functions and
-    `if TYPE_CHECKING:` do not count (they cannot make a circle at import time)."""
-    name = _module_name(path)
+def _type_checking_nodes(tree) -> set[int]:
+    """ids of the nodes under `if TYPE_CHECKING:` (annotations only: such imports never run)."""
+    skipped = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped |= {id(inner) for statement in node.body for inner in ast.walk(statement)}
+    return skipped
+
+
+def _imports(path, *, count_type_checking: bool = False, name: str | None = None) -> set[str]:
+    """st_tp modules a file imports, relative imports resolved, wherever the import stands: at module level or inside a
+    function (a lazy import closes a circle as soon as that function runs). Imports under `if TYPE_CHECKING:` count
+    only with count_type_checking."""
+    name = name or _module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     tree = ast.parse(path.read_text())
-    nodes = tree.body if module_level_only else list(ast.walk(tree))
+    skipped = set() if count_type_checking else _type_checking_nodes(tree)
     found = set()
-    for node in nodes:
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
@@ -39,25 +51,45 @@ def _modules() -> dict:
     return {_module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 
-def test_no_import_circle():
-    modules = _modules()
-    graph = {name: _imports(path, module_level_only=True) & set(modules) for name, path in modules.items()}
+def _circle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of `graph` (module -> modules it imports), as a path that ends where it starts; None if none."""
     visiting, done = [], set()
 
     def visit(name):
         if name in done:
-            return
-        assert name not in visiting, f"import circle: {' -> '.join(visiting[visiting.index(name):] + [name])}"
+            return None
+        if name in visiting:
+            return visiting[visiting.index(name):] + [name]
         visiting.append(name)
-        for dep in graph[name]:
-            visit(dep)
+        for dep in sorted(graph[name]):
+            if found := visit(dep):
+                return found
         visiting.pop()
         done.add(name)
+        return None
 
-    for name in graph:
-        visit(name)
+    return next((found for name in sorted(graph) if (found := visit(name))), None)
+
+
+def test_no_import_circle():
+    modules = _modules()
+    graph = {name: _imports(path) & set(modules) for name, path in modules.items()}
+    circle = _circle(graph)
+    assert circle is None, f"import circle: {' -> '.join(circle)}"
     assert "st_tp.runtime.forward" not in graph["st_tp.runtime.prefix_cache"]
     assert "st_tp.runtime.forward" not in graph["st_tp.runtime.packing"]
+
+
+def test_a_lazy_relative_import_closes_a_circle_too(tmp_path):
+    """The shape main had (config imported prompts inside a method, prompts imported config at the top): found."""
+    (tmp_path / "config.py").write_text("from .pst import x\n\ndef check():\n    from .prompts import PROMPTS\n")
+    (tmp_path / "prompts.py").write_text("from typing import TYPE_CHECKING\nfrom .config import check\n"
+                                         "if TYPE_CHECKING:\n    from .runner import Runner\n")
+    graph = {f"st_tp.runtime.{stem}": _imports(tmp_path / f"{stem}.py", name=f"st_tp.runtime.{stem}")
+             for stem in ("config", "prompts")}
+    assert "st_tp.runtime.runner" not in graph["st_tp.runtime.prompts"], "TYPE_CHECKING imports never run"
+    graph = {name: deps & set(graph) for name, deps in graph.items()}
+    assert _circle(graph) == ["st_tp.runtime.config", "st_tp.runtime.prompts", "st_tp.runtime.config"]
 
 
 def test_runtime_imports_nothing_from_the_tooling():
@@ -65,7 +97,7 @@ def test_runtime_imports_nothing_from_the_tooling():
     modules = _modules()
     for name, path in modules.items():
         if name.startswith("st_tp.runtime"):
-            outside = {m for m in _imports(path, module_level_only=False) if not m.startswith("st_tp.runtime")}
+            outside = {m for m in _imports(path, count_type_checking=True) if not m.startswith("st_tp.runtime")}
             assert not outside, f"{name} imports tooling: {sorted(outside)}"
 
 

@@ -42,6 +42,26 @@ def test_sweep_vanilla_row(swept):
     assert result.scores[VANILLA][5] == pytest.approx(_direct(base, dev, tp=False, output_layer=5), abs=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_every_cell_scores_what_a_built_model_scores(golden_dir, data_dir, dtype):
+    """Issue #42's setting (golden tiny Llama, 150 STS-B dev pairs, tp_end 2..4): every cell of the grid, vanilla's
+    row included, equals the score of a model built with that cell's settings and run through model.encode, to 1e-6.
+    In bfloat16 too, where any difference in how the sweep's shared layers and a built model's pruned, row-skipping
+    layers round would show; and the sweep's own check of its best cell agrees."""
+    base, dev = str(golden_dir / "llama" / "model"), data_dir / "raw" / "stsb.dev.tsv"
+    result = sweep(base, dev, tp_ends=[2, 3, 4], limit=150, dtype=dtype, device="cpu", show_progress_bar=False)
+    s1, s2, gold = read_pairs(dev, 150)
+    assert result.dtype == dtype and not result.rebuilt_differs()
+    for row, settings in [(VANILLA, dict(tp=False)), *((e, dict(tp_end=e)) for e in (2, 3, 4))]:
+        assert np.isnan(result.scores[row][0]), "layer 0 reads the same last token for every prompt"
+        for k in range(1, 9):
+            model = st_tp.build(base, dtype=dtype, device="cpu", output_layer=-1 if k == 8 else k, **settings)
+            a, b = (model.encode(s, normalize_embeddings=True) for s in (s1, s2))
+            direct = spearmanr(gold, (a * b).sum(1)).statistic
+            assert result.scores[row][k] == pytest.approx(direct, abs=1e-6), (row, k)
+
+
 def test_sweep_outputs(swept):
     _, _, result, out = swept
     rows = (out / "grid.csv").read_text().splitlines()

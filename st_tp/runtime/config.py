@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from .prompts import PROMPTS, check_template
 from .pst import parse_pst_init
 
 if TYPE_CHECKING:
@@ -109,17 +110,6 @@ def paper_setting(total_layers: int) -> dict[str, Any]:
                 tp_end=max(PAPER_TP_START + 1, round(PAPER_TP_END * scale)), output_layer=round(PAPER_EXIT * scale))
 
 
-def check_template(template: str, tp: bool) -> None:
-    """A template holds '{text}' where the sentence goes and, for TP, a '<PST>' marker."""
-    if "{text}" not in template:
-        raise ValueError(f"template {template!r} has no '{{text}}' placeholder; add one where the sentence goes.")
-    if tp and "<PST>" not in template:
-        raise ValueError(
-            f"tp=True needs a '<PST>' marker in the template {template!r}; add '<PST>' (e.g. before the "
-            "sentence) or set tp=False."
-        )
-
-
 @dataclass(frozen=True)
 class TPConfig:
     """Every setting of a Token Prepending embedding model.
@@ -175,8 +165,6 @@ class TPConfig:
         if self.template is None and self.prompt_method == "custom":
             raise ValueError("prompt_method='custom' needs a `template` containing '{text}'.")
         if self.template is None:
-            from .prompts import PROMPTS  # local import: prompts imports nothing from here at module level
-
             if self.prompt_method not in PROMPTS:
                 raise ValueError(
                     f"Unknown prompt_method {self.prompt_method!r}. Allowed: {sorted(PROMPTS)} or 'custom' with a template."

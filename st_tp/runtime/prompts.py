@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .config import check_template
-
 if TYPE_CHECKING:  # prompts are read by the CLI's --help, which must not wait for transformers to import
     from transformers import PreTrainedTokenizerBase
 
@@ -67,6 +65,17 @@ PROMPTS: dict[str, tuple[str, ...]] = {
 }
 PROMPTS["pretended_cot"] = PROMPTS["cot"]
 PROMPTS["knowledge"] = PROMPTS["ke"]
+
+
+def check_template(template: str, tp: bool) -> None:
+    """A template holds '{text}' where the sentence goes and, for TP, a '<PST>' marker."""
+    if TEXT not in template:
+        raise ValueError(f"template {template!r} has no '{{text}}' placeholder; add one where the sentence goes.")
+    if tp and PST not in template:
+        raise ValueError(
+            f"tp=True needs a '<PST>' marker in the template {template!r}; add '<PST>' (e.g. before the "
+            "sentence) or set tp=False."
+        )
 
 
 def resolve_templates(prompt_method: str, template: str | list[str] | None) -> tuple[str, ...]:
