@@ -26,7 +26,6 @@ import argparse
 import glob
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import paired_ratios, ratio_lines, time_rounds, write_section  # noqa: E402
+from benchmarks.common import cpu_name, paired_ratios, ratio_lines, time_rounds, write_section  # noqa: E402
 
 STS_RAW = ROOT.parent / "shared" / "data" / "raw"
 TINY = ROOT / "assets" / "tiny-llama-install-check"
@@ -244,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
     from st_tp.runtime.config import resolve_dtype
 
     dtype = str(resolve_dtype("auto", "cpu")).removeprefix("torch.")
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU {dtype} (dtype auto)"
+    machine = f"{cpu_name()}, torch {torch.__version__}, CPU {dtype} (dtype auto)"
     lines = [f"Model: {model_name}; {len(texts):,} distinct STS sentences (../shared/data/raw); batch {BATCH}, shards of "
              f"{SHARD:,} rows. Machine: {machine}; {args.rounds} interleaved rounds (round r starts at variant r), model load included in every run. "
              "Agreement with the plain .npy, joined on id: " + "; ".join(

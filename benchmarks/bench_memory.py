@@ -143,10 +143,9 @@ def main() -> None:
             write_section("Memory: what the 16-bit GGUF cache costs in accuracy (bench_memory.py --accuracy)", "\n".join(lines))
         return None
 
-    import platform
+    from benchmarks.common import cpu_name
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = cpu_name()
     rows = []
     for model in args.models:
         for dtype in args.dtypes:
@@ -165,7 +164,7 @@ def main() -> None:
                       + ", ".join(f"{k} {v / GIB:.2f} GiB ({v / weights:.2f}x)" for k, v in peaks.items())
                       + f"; bound {bound / GIB:.2f} GiB: {'met' if peaks['build-cold'] <= bound else 'NOT met'}",
                       flush=True)
-    lines = [f"CPU: {cpu}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}. Peak RSS of a fresh process per step; "
+    lines = [f"CPU: {cpu}; {time.strftime('%Y-%m-%d')}. Peak RSS of a fresh process per step; "
              "x = / weights.", "",
              "| model | dtype | weights | cache on disk | convert | build from a cold cache | build | encode 256 | "
              "bound 1.3 x weights + 1 GiB |", "|---|---|---|---|---|---|---|---|---|"]

@@ -14,7 +14,6 @@ scored, never used to choose. Results are cached by mteb under `--out`, so a sto
 from __future__ import annotations
 
 import argparse
-import platform
 import shlex
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import ROOT, write_section  # noqa: E402
+from benchmarks.common import ROOT, cpu_name, write_section  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 STS7 = ["STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICK-R"]
@@ -194,7 +193,7 @@ def main() -> None:
     print(tables)
     if args.write and args.dtypes:
         command = shlex.join(["python", "benchmarks/bench_quality.py", *sys.argv[1:]])
-        body = (f"`{command}`: {platform.processor() or platform.machine()} CPU, {args.threads} threads, "
+        body = (f"`{command}`: CPU {cpu_name()}, {args.threads} threads, "
                 f"{time.time() - started:.0f} s; {args.sample} pairs per test set drawn at random (seed 0; BIOSSES has "
                 "100, all used), mteb's cosine Spearman x100.\n\n" + tables)
         write_section("Quality at the default dtype (bench_quality.py --dtypes, CPU)", body)
@@ -202,7 +201,7 @@ def main() -> None:
         command = shlex.join(["python", "benchmarks/bench_quality.py", *sys.argv[1:]])
         subset = f"{args.sample} pairs per test set drawn at random (seed 0; BIOSSES has 100, all used)" if args.sample else "full test sets"
         body = (
-            f"`{command}`: {platform.processor() or platform.machine()} CPU, {args.threads} threads, {args.dtype}, "
+            f"`{command}`: CPU {cpu_name()}, {args.threads} threads, {args.dtype}, "
             f"{time.time() - started:.0f} s. Scores are mteb's cosine Spearman x100 on {subset}, through st_tp's "
             f"local mteb tasks (raw text). Dev cells come from `st-tp sweep` on {args.dev_pairs} STS-B **dev** pairs "
             "(seed 0); no test set was used to choose anything.\n\n" + tables

@@ -21,7 +21,6 @@ import functools
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import (  # noqa: E402
+    cpu_kind,
+    cpu_name,
     make_base,
     paired_ratios,
     ratio_lines,
@@ -45,7 +46,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from st_tp.runtime.config import paper_setting  # noqa: E402
 
-MACHINE = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU float32"
+MACHINE = f"{cpu_name()}, torch {torch.__version__}, CPU float32"
 SHAPE = "llama-512x16"
 LAYERS = 16
 EXIT, TP_END = paper_setting(LAYERS)["output_layer"], paper_setting(LAYERS)["tp_end"]  # 14, 4
@@ -122,16 +123,20 @@ CACHE_METHODS = ("prompteol", "cot", "ke", "metaeol")
 DTYPES = ("float32", "bfloat16")
 
 
-def real_variants(total_layers: int, prompt_methods: bool, reference: str | None = None) -> dict[str, dict]:
+def real_variants(total_layers: int, prompt_methods: bool, reference: str | None = None,
+                  preset: str | None = None) -> dict[str, dict]:
     """ST native and st_tp at equal dtypes (float32, bfloat16), st_tp at its default dtype ('auto'), with
-    `prompt_methods` every prompt method with prefix_cache auto / True / False (float32), and with `reference` a plain
-    SentenceTransformer folder (a trained encoder, float32). TP is the paper's setting scaled to the model
+    `prompt_methods` every prompt method with prefix_cache auto / True / False (float32), with `reference` a plain
+    SentenceTransformer folder (a trained encoder, float32), and with `preset` that preset (e.g. the model's dev-chosen
+    smollm2-135m-prompteol-tp) at both dtypes. TP is the paper's setting scaled to the model
     (st_tp.runtime.config.paper_setting)."""
     paper = paper_setting(total_layers)
     variants = {"vanilla_last_float32": dict(tp=False, output_layer=-1, dtype="float32")}
     for dtype in DTYPES:
         variants[f"st_native_{dtype}"] = dict(native=True, dtype=dtype)
         variants[f"tp_{dtype}"] = dict(paper, dtype=dtype)
+        if preset:
+            variants[f"preset_{dtype}"] = dict(preset=preset, dtype=dtype)
     variants["tp_default"] = dict(paper)  # dtype "auto": what a user gets
     if reference:
         variants["reference"] = dict(reference=reference)
@@ -203,7 +208,7 @@ def real_main(args, base: str) -> None:
     from st_tp.runtime.decoder import find_decoder
 
     total_layers = AutoConfig.from_pretrained(base).num_hidden_layers
-    variants = real_variants(total_layers, args.prompt_methods, args.reference)
+    variants = real_variants(total_layers, args.prompt_methods, args.reference, args.preset)
     fns, flops = {}, {}
     texts = {name: workload(name, args.sentences) for name in variants}
     for name, settings in variants.items():
@@ -216,7 +221,7 @@ def real_main(args, base: str) -> None:
         elif settings.pop("native", False):
             fns[name] = st_native(base, settings["dtype"])
         else:
-            model = st_tp.build(base, device="cpu", **settings)
+            model = st_tp.build(base, settings.pop("preset", None), device="cpu", **settings)
             fns[name] = functools.partial(model.encode, batch_size=32)
             flops[name] = tp_flops(model, texts[name])
             if name == "vanilla_last_float32":
@@ -245,6 +250,9 @@ def real_main(args, base: str) -> None:
     paired("st_tp vanilla PromptEOL at -1 / ST native, float32 (goal <= 0.78)", "vanilla_last_float32", "st_native_float32")
     for dtype in DTYPES:
         paired(f"{tp_label} / ST native, both {dtype} (goal <= 0.70)", f"tp_{dtype}", f"st_native_{dtype}")
+    if args.preset:
+        for dtype in DTYPES:
+            paired(f"preset {args.preset} / ST native, both {dtype} (goal <= 0.70)", f"preset_{dtype}", f"st_native_{dtype}")
     paired(f"st_tp TP at its default dtype ({default_dtype} here) / st_tp TP float32 (goal <= 0.55)", "tp_default", "tp_float32")
     paired(f"st_tp TP at its default dtype ({default_dtype}) / ST native float32 (what a plain ST user gets)", "tp_default", "st_native_float32")
     if args.reference:
@@ -264,7 +272,8 @@ def real_main(args, base: str) -> None:
     rows = {name: [dtype_of[name], f"{1000 * med[name]:.2f}",
                    f"{gflops[name]:.1f}" if name in gflops else "",
                    f"{100 * gflops[name] / peaks[dtype_of[name]]:.0f}%" if name in gflops else ""] for name in fns}
-    publish(f"bench_speed.py --model {args.model} (CPU)", intro, ["dtype", "median ms / sentence", "GFLOP/s", "CPU MFU"],
+    title = f"bench_speed.py --model {args.model}{f' --preset {args.preset}' if args.preset else ''} (CPU, {cpu_kind()})"
+    publish(title, intro, ["dtype", "median ms / sentence", "GFLOP/s", "CPU MFU"],
             rows, ratios, {"median_s_per_sentence": med, "ratios": ratios, "min_cosine_native_vs_vanilla": agreement,
                            "matmul_peak_gflops": peaks, "gflops": gflops, "seconds_per_round": times}, args.write)
 
@@ -286,6 +295,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--model", default="random", help="random (a random 512x16 Llama) or packaged:<name>")
     parser.add_argument("--reference", help="real-model mode: also time a plain SentenceTransformer folder (e.g. all-mpnet-base-v2)")
+    parser.add_argument("--preset", help="real-model mode: also time this preset (e.g. smollm2-135m-prompteol-tp) at both dtypes")
     parser.add_argument("--prompt-methods", action="store_true",
                         help="real-model mode: also every prompt method with prefix_cache auto/True/False (float32)")
     parser.add_argument("--write", action="store_true")

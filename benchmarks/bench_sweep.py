@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_speed import SHAPE  # noqa: E402
-from benchmarks.common import make_base, ratio_lines, time_interleaved, write_section  # noqa: E402
+from benchmarks.common import cpu_name, make_base, ratio_lines, time_interleaved, write_section  # noqa: E402
 
 DEV = ROOT.parent / "shared" / "data" / "raw" / "stsb.dev.tsv"
 
@@ -77,8 +77,6 @@ def main() -> None:
 
 
 def model_main(args) -> None:
-    import platform
-
     import numpy as np
     import torch
     from scipy.stats import spearmanr
@@ -104,7 +102,7 @@ def model_main(args) -> None:
     med = time_interleaved(runs, args.rounds)
     layers, n = total_layers[0], len(tp_ends)
     dtype = str(resolve_dtype("auto", "cpu")).removeprefix("torch.")
-    lines = [f"{args.model} ({layers} layers), {dtype} (the default dtype here), CPU {platform.processor() or platform.machine()}, "
+    lines = [f"{args.model} ({layers} layers), {dtype} (the default dtype here), CPU {cpu_name()}, "
              f"{torch.get_num_threads()} threads; {args.pairs} STS-B dev pairs; tp_end {args.tp_ends} (n = {n}) + vanilla; {args.rounds} interleaved "
              "round(s), median seconds.", "", "| run | median s |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in med.items()]
     lines += ratio_lines({

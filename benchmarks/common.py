@@ -40,6 +40,36 @@ def make_base(folder: Path, shape: str, device: str = "cpu", dtype: torch.dtype 
     return str(folder)
 
 
+def cpu_name() -> str:
+    """The CPU a figure ran on, as a reader needs it: model name, family/model, and the ISA that decides the bfloat16
+    path (AVX512-BF16, AMX-BF16 tiles, AVX2 only) and torch's kernel level, e.g. 'AMD EPYC (family 26, model 2;
+    AVX512-BF16, no AMX; torch AVX512), 2 cores'."""
+    import os
+    import platform
+
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:  # not Linux
+        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    flags = set(fields.get("flags", "").split())
+    isa = ["AMX-BF16" if {"amx_bf16", "amx_tile"} <= flags else "no AMX",
+           "AVX512-BF16" if "avx512_bf16" in flags else "no AVX512-BF16",
+           "AVX512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"]
+    model = f"family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}"
+    return (f"{fields.get('model name', platform.machine())} ({model}; {', '.join(isa)}; torch "
+            f"{torch.backends.cpu.get_cpu_capability()} kernels), {os.cpu_count()} cores")
+
+
+def cpu_kind() -> str:
+    """The CPU's bfloat16 class in one word, for section titles: AMX-BF16, AVX512-BF16 or no-BF16 (figures taken on
+    different classes go to different sections instead of replacing each other)."""
+    name = cpu_name()
+    return next((kind for kind in ("AMX-BF16", "AVX512-BF16") if f"{kind}" in name.replace("no " + kind, "")), "no-BF16")
+
+
 def sentences(n: int) -> list[str]:
     """The first `n` STS-B test sentences (both sides of each pair, in order)."""
     from st_tp.data import read_tsv

@@ -27,7 +27,7 @@ SETTING_FLAGS = {
     "device": "--device", "normalize": "--normalize", "output_dtype": "--output-dtype", "on_bad_row": "--on-bad-row",
     "keep_duplicate_ids": "--keep-duplicate-ids", "engine": "--engine", "actors": "--actors",
     "cpus_per_actor": "--cpus-per-actor", "gpus_per_actor": "--gpus-per-actor", "address": "--address",
-    "verbose": "--verbose",
+    "verbose": "--verbose", "sample": "--sample", "limit": "--limit", "layers": "--layers", "data": "--data",
 }
 _ONE_WORD = sorted((name for name in SETTING_FLAGS if "_" not in name), key=len, reverse=True)
 _SETTING = "|".join(sorted(SETTING_FLAGS, key=len, reverse=True))
@@ -204,7 +204,7 @@ def similarity_table(sentences: list[str], scores) -> str:
     return "\n".join(rows)
 
 
-def parse_tp_ends(text: str) -> list[int]:
+def parse_tp_ends(text: str, flag: str = "--tp-end") -> list[int]:
     """'2..12', '2,4,8' or '7'."""
     try:
         if ".." in text:
@@ -212,33 +212,37 @@ def parse_tp_ends(text: str) -> list[int]:
             return list(range(int(low), int(high) + 1))
         return [int(x) for x in text.split(",")]
     except ValueError:
-        raise CliError(f"--tp-end {text!r}: expected a range a..b, a list a,b,c or one number.") from None
+        raise CliError(f"{flag} {text!r}: expected a range a..b, a list a,b,c or one number.") from None
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    _existing_file(args.dev, "--dev")
+    if (args.data is None) != (args.dev is not None):  # --dev FILE, or --transfer TASK --data DIR
+        raise CliError("--transfer TASK needs --data DIR (SentEval's data/downstream folder); --dev FILE takes no --data.")
     _check_model(args.base)
     _check_device(args.device)
-    tp_ends = parse_tp_ends(args.tp_end)
-    import numpy as np
+    from st_tp.sweep import sweep, sweep_transfer, write_outputs
 
-    from st_tp.sweep import VANILLA, sweep, write_outputs
-
-    result = sweep(args.base, args.dev, prompt_method=args.prompt_method, tp_start=args.tp_start, tp_ends=tp_ends,
-                   metric=args.metric, batch_size=args.batch_size, limit=args.limit, sample=args.sample,
-                   dtype=args.dtype, device=args.device, gguf_file=args.gguf_file)
-    write_outputs(result, args.out, args.base, args.prompt_method, args.dev)
-    best_e, best_k, best_v = result.best()
-    print(f"best: tp_end={best_e} output_layer={best_k} {result.metric}={best_v:.4f} "
-          f"(vanilla best {np.nanmax(result.scores[VANILLA]):.4f}; {result.dtype}); wrote {args.out}/grid.csv, heatmap.png, "
-          "curves.png, best.yaml")
+    common = dict(prompt_method=args.prompt_method, tp_start=args.tp_start, tp_ends=parse_tp_ends(args.tp_end), limit=args.limit,
+                  sample=args.sample, batch_size=args.batch_size, dtype=args.dtype, device=args.device, gguf_file=args.gguf_file,
+                  layers=parse_tp_ends(args.layers, "--layers") if args.layers else None)  # the exits kept (default: all)
+    result = sweep(args.base, _existing_file(args.dev, "--dev"), metric=args.metric, **common) if args.dev is not None else (
+        sweep_transfer(args.base, args.transfer, args.data, **common))
+    write_outputs(result, args.out, args.base, args.prompt_method, result.scored_on)
+    print(result.report(args.out))  # the best cell; and that a model built with best.yaml scores it, when it does
     if result.rebuilt_differs():
-        print(f"st-tp: warning: a model built with the best cell's settings scores {result.best_rebuilt:.6f}, its grid cell "
-              f"{best_v:.6f}: this machine's kernels round the sweep's shared layers otherwise than a built model's. "
-              "Trust the built model's score; to compare near cells, build them (st-tp build --config "
+        print(f"st-tp: warning: {result.rebuild_warning()} to compare near cells, build them (st-tp build --config "
               f"{args.out}/best.yaml --set tp_end=N --set output_layer=K) and score them on the dev set.", file=sys.stderr)
-    else:
-        print(f"checked: a model built with best.yaml scores {result.best_rebuilt:.6f}, as its grid cell.")
+
+
+def cmd_senteval(args: argparse.Namespace) -> None:
+    _check_device(args.device)  # run_senteval checks the models and the data before it loads anything
+    from st_tp.evaluation.senteval import run_senteval
+
+    run = run_senteval(args.models, args.tasks, args.data, args.output_folder, sample=args.sample,
+                       classifier=args.classifier, batch_size=args.batch_size, device=args.device)
+    print(run.report())
+    if run.failures:  # data errors name the file and line; the other tasks ran: exit status 1
+        raise SystemExit("\n".join(f"st-tp: error: {message}" for message in run.failures.values()))
 
 
 def cmd_mteb(args: argparse.Namespace) -> None:
@@ -329,15 +333,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="dev score for every tp_end x output_layer (+ vanilla); plots and best.yaml")
     p.add_argument("base", help="hub id, local folder, or packaged:<name> of the base LLM")
-    p.add_argument("--dev", required=True, help="STS-like dev TSV: score, sentence1, sentence2 (never a test set)")
+    scored_by = p.add_mutually_exclusive_group(required=True)
+    scored_by.add_argument("--dev", help="STS-like dev TSV: score, sentence1, sentence2 (never a test set)")
+    scored_by.add_argument("--transfer", metavar="TASK", help="SentEval's SST2 dev set, or a held-out fold of TREC/MRPC train")
+    p.add_argument("--data", help="with --transfer: SentEval's data/downstream folder (e.g. ../shared/data/senteval)")
+    p.add_argument("--layers", help="exit layers scored, a..b or a,b,c (default all; a transfer sweep keeps their states in memory)")
     p.add_argument("--prompt-method", default="prompteol", choices=methods, help="embedding prompt (default prompteol)")
     p.add_argument("--tp-start", type=int, default=1, help="first decoder layer that gets the <PST> overwrite (default 1)")
     p.add_argument("--tp-end", default="2..12", help="tp_end values: a range a..b or a list a,b,c (default 2..12)")
     p.add_argument("--metric", default="spearman", choices=["spearman", "pearson"], help="dev score (default spearman)")
     p.add_argument("--out", required=True, help="folder for grid.csv, heatmap.png, curves.png and best.yaml")
-    p.add_argument("--batch-size", type=int, default=16, help="pairs per batch (default 16)")
-    p.add_argument("--limit", type=int, help="first N dev pairs")
-    p.add_argument("--sample", type=int, help="N dev pairs drawn at random (seed 0), for a quicker sweep on all genres")
+    p.add_argument("--batch-size", type=int, default=16, help="pairs per batch (--transfer: 2N sentences; default 16)")
+    p.add_argument("--limit", type=int, help="first N dev pairs (--transfer: first N examples of each split)")
+    p.add_argument("--sample", type=int, help="N dev pairs (--transfer: examples per split) drawn at random (seed 0)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (default auto)")
     p.add_argument("--device", help="torch device: cpu, cuda, cuda:1, mps (default: the best available)")
     p.add_argument("--gguf-file", help="a GGUF file inside the BASE folder to read the model from")
@@ -349,13 +357,24 @@ def build_parser() -> argparse.ArgumentParser:
                    "clustering, summarization, sts, appendix, retrieval) or comma-separated task names, mixed freely "
                    "(e.g. sts,Banking77Classification)")
     p.add_argument("--output-folder", default="mteb-results", help="results cache and summary.md go here (default mteb-results)")
-    p.add_argument("--local-data", help="folder of TSV files (see ../shared/data/SOURCES.md) instead of the hub")
-    p.add_argument("--limit", type=int, help="with --local-data: first N test rows per task (a quick check; "
-                   "summary.md marks it as a slice and leaves the paper's figures off)")
+    p.add_argument("--local-data", help="local data instead of the hub: <name>.test.tsv files, mteb/<task>/ folders")
+    p.add_argument("--limit", type=int, help="with --local-data: first N test rows per task (clustering: N texts per set, "
+                   "at random; summarization: N documents; reranking: N queries); summary.md marks the slice")
     p.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass (default 32)")
     p.add_argument("--device", help="torch device: cpu, cuda, cuda:1, mps (default: the best available)")
     p.add_argument("--list", action="store_true", help="print the resolved task list and exit (no download)")
     p.set_defaults(func=cmd_mteb)
+
+    p = sub.add_parser("senteval", help="SentEval transfer tasks (the paper's Table 5): accuracy per task, summary.md")
+    p.add_argument("models", nargs="+", help="saved st_tp folders or any SentenceTransformer model")
+    p.add_argument("--tasks", default="transfer", help="transfer (MR,CR,SUBJ,MPQA,SST2,TREC,MRPC) or task names, comma-separated")
+    p.add_argument("--data", required=True, help="SentEval's data/downstream folder (e.g. ../shared/data/senteval)")
+    p.add_argument("--output-folder", default="senteval-results", help="summary.md/json, predictions/, embeddings/ (cache)")
+    p.add_argument("--sample", type=int, help="at most N examples per split, at random (seed 0); default: the full sets")
+    p.add_argument("--classifier", default="auto", choices=["auto", "sklearn", "pytorch"], help="SentEval's logistic regression (sklearn) or the official test mode's (pytorch); auto: pytorch on CUDA")
+    p.add_argument("--batch-size", type=int, default=16, help="sentences per forward pass (default 16)")
+    p.add_argument("--device", help="torch device: cpu, cuda, cuda:1, mps (default: the best available)")
+    p.set_defaults(func=cmd_senteval)
 
     p = sub.add_parser("cache", help="list the GGUF conversions in st_tp's cache with their sizes, or clear them")
     p.add_argument("action", nargs="?", default="list", choices=["list", "clear"],

@@ -146,7 +146,7 @@ def test_every_option_has_help_and_lists_its_choices():
     """Item 6."""
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
-    assert set(commands) == {"build", "encode", "sweep", "mteb", "cache"}
+    assert set(commands) == {"build", "encode", "sweep", "mteb", "senteval", "cache"}
     for name, sub in commands.items():
         for action in sub._actions:
             assert action.help, f"st-tp {name} {action.option_strings or action.dest} has no help"

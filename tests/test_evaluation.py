@@ -27,13 +27,18 @@ def test_mock_tasks_of_every_kind(tiny_llama, tmp_path):
     vanilla.model_card_data.model_name = "vanilla"
     tp = st_tp.build(tiny_llama, tp_start=1, tp_end=3, output_layer=3, device="cpu")
     tp.model_card_data.model_name = "tp"
-    scores = run_mteb([vanilla, tp], tasks, tmp_path, batch_size=4, verbose=False).scores
+    run = run_mteb([vanilla, tp], tasks, tmp_path, batch_size=4, verbose=False)
+    scores = run.scores
     assert set(scores) == {"vanilla", "tp"}
     for label in scores:
         assert set(scores[label]) == {t.metadata.name for t in tasks}
         assert all(np.isfinite(v) for v in scores[label].values())
         result_files = list((tmp_path / "results").rglob("*.json"))
         assert {p.stem for p in result_files} >= {t.metadata.name for t in tasks}
+        # mteb's predictions of every kind, one folder per model, for significance tests
+        assert run.predictions[label] == tmp_path / "predictions" / label
+        written = {p.name for p in run.predictions[label].iterdir()}
+        assert written >= {f"{t.metadata.name}_predictions.json" for t in tasks}, written
     summary = (tmp_path / "summary.md").read_text()
     for category in ["Classification", "PairClassification", "Clustering", "Reranking", "STS", "Summarization"]:
         assert f"## {category}" in summary
@@ -46,8 +51,9 @@ def test_mock_tasks_of_every_kind(tiny_llama, tmp_path):
     calls = []
     original = tp.encode
     tp.encode = lambda *a, **k: calls.append(1) or original(*a, **k)
-    again = run_mteb([vanilla, tp], tasks, tmp_path, batch_size=4, verbose=False).scores
-    assert not calls
+    again_run = run_mteb([vanilla, tp], tasks, tmp_path, batch_size=4, verbose=False)
+    again = again_run.scores
+    assert not calls and not again_run.no_predictions  # the files on disk are the first run's, of the same models
     for label in scores:  # mteb stores scores rounded to 5 decimals
         assert again[label] == pytest.approx(scores[label], abs=1e-5)
 

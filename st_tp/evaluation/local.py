@@ -1,22 +1,27 @@
-"""Local TSV files as real mteb tasks, for machines without the dataset hub.
+"""Local data as real mteb tasks, for machines without the dataset hub: discovery, and the TSV files at the top of
+the folder (STS-like and Banking77 classification).
 
 Formats (../shared/data/SOURCES.md): STS-like `score<TAB>sentence1<TAB>sentence2` and classification
 `label<TAB>text` with `<name>.train.tsv` beside `<name>.test.tsv`. Scores are rescaled by mteb itself
-((x - min) / (max - min), from the task's min_score/max_score), exactly as for the hub versions.
+((x - min) / (max - min), from the task's min_score/max_score), exactly as for the hub versions. The appendix
+tasks in `DIR/mteb/<task>/` folders are built by st_tp.evaluation.local_appendix.
 """
 
 from __future__ import annotations
 
-import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from datasets import Dataset, DatasetDict
-from mteb.abstasks.classification import AbsTaskClassification
+from mteb.abstasks import AbsTask
 from mteb.abstasks.sts import AbsTaskSTS
-from mteb.abstasks.task_metadata import TaskMetadata
 
-from st_tp.data import read_tsv, read_tsv_header
+from st_tp.data import read_tsv_header
+from st_tp.evaluation.local_appendix import TEXT_COLUMNS, classification_task, folder_tasks
+from st_tp.evaluation.local_formats import read_table
+from st_tp.evaluation.local_task import LOCAL_SUFFIX, check_counterpart, local_metadata, make_task
+
+__all__ = ["KNOWN", "LOCAL_SUFFIX", "LocalTasks", "find_local_tasks", "local_tasks"]
 
 # file stem -> (mteb task it stands for, score range of the original data)
 KNOWN: dict[str, tuple[str, tuple[float, float] | None]] = {
@@ -24,81 +29,29 @@ KNOWN: dict[str, tuple[str, tuple[float, float] | None]] = {
     "sts16": ("STS16", (0, 5)), "stsb": ("STSBenchmark", (0, 5)), "sickr": ("SICK-R", (1, 5)),
     "biosses": ("BIOSSES", (0, 4)), "banking77": ("Banking77Classification", None),
 }
-LOCAL_SUFFIX = "-local"
-
-
-def _metadata(name: str, kind: str, main_score: str, path: Path, subset: str = "") -> TaskMetadata:
-    # The "revision" of a local file is its content and the rows taken from it, so mteb's results cache never
-    # serves a slice's score for the whole file (or for another slice).
-    digest = hashlib.sha256(path.read_bytes() + subset.encode()).hexdigest()[:12]
-    return TaskMetadata(
-        name=name,
-        description=f"Local copy of {name.removesuffix(LOCAL_SUFFIX)} read from {path}.",
-        reference=None,
-        dataset={"path": str(path), "revision": digest},
-        type=kind,
-        category="t2t",
-        modalities=["text"],
-        eval_splits=["test"],
-        eval_langs=["eng-Latn"],
-        main_score=main_score,
-        date=None,
-        domains=None,
-        task_subtypes=None,
-        license=None,
-        annotations_creators=None,
-        dialect=None,
-        sample_creation=None,
-        bibtex_citation="",
-    )
+STS_COLUMNS = ("score", "sentence1", "sentence2")
 
 
 def _sts_task(path: Path, name: str, score_range: tuple[float, float] | None, limit: int | None,
               sample: int | None = None) -> AbsTaskSTS:
-    rows = read_tsv(path, limit, sample)
+    rows = read_table(path, STS_COLUMNS, filled=("score",), numeric=("score",), limit=limit, sample=sample)
     scores = [float(r["score"]) for r in rows]
     low, high = score_range or (min(scores), max(scores))
+    like = check_counterpart(name.removesuffix(LOCAL_SUFFIX), "STS", AbsTaskSTS, path)
 
-    def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
-        self.dataset = DatasetDict(
-            {"test": Dataset.from_dict({
-                "sentence1": [r["sentence1"] for r in rows], "sentence2": [r["sentence2"] for r in rows], "score": scores,
-            })}
-        )
-        self.data_loaded = True
+    def dataset(task):
+        task.dataset = DatasetDict({"test": Dataset.from_dict({
+            "sentence1": [r["sentence1"] for r in rows], "sentence2": [r["sentence2"] for r in rows], "score": scores,
+        })})
 
-    cls = type(
-        f"Local_{name}", (AbsTaskSTS,),
-        {"metadata": _metadata(name, "STS", "cosine_spearman", path, f"limit={limit},sample={sample}"), "min_score": low, "max_score": high, "load_data": load_data},
-    )
-    return cls()
+    words = f"first {limit} rows" if limit else (f"{sample} rows drawn at random" if sample is not None else None)
+    metadata = local_metadata(name, "STS", [path], f"limit={limit},sample={sample}", like)
+    return make_task(AbsTaskSTS, metadata, dataset, like=like, slice_note=words, min_score=low, max_score=high)
 
 
-def _classification_task(test: Path, train: Path, name: str, limit: int | None,
-                         sample: int | None = None) -> AbsTaskClassification:
-    test_rows, train_rows = read_tsv(test, limit, sample), read_tsv(train)
-    labels = sorted({r["label"] for r in train_rows + test_rows})
-    index = {label: i for i, label in enumerate(labels)}
-
-    def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
-        def split(rows):
-            return Dataset.from_dict({"text": [r["text"] for r in rows], "label": [index[r["label"]] for r in rows]})
-
-        self.dataset = DatasetDict({"train": split(train_rows), "test": split(test_rows)})
-        self.data_loaded = True
-
-    cls = type(f"Local_{name}", (AbsTaskClassification,), {"metadata": _metadata(name, "Classification", "accuracy", test, f"limit={limit},sample={sample}"), "load_data": load_data})
-    return cls()
-
-
-def local_tasks(folder: str | Path, names: list[str] | None = None, limit: int | None = None, raw: bool = True,
-                sample: int | None = None) -> list:
-    """Tasks for every `<stem>.test.tsv` in `folder` (text from `folder/raw/` when it exists and `raw`).
-
-    `names` filters by the mteb name the file stands for (e.g. "STSBenchmark"); `limit` keeps the first N
-    test rows (a slice for quick checks); `sample` keeps N test rows drawn at random (seed 0) from every genre.
-    """
-    folder = Path(folder)
+def _tsv_tasks(folder: Path, names: list[str] | None, limit: int | None, raw: bool,
+               sample: int | None) -> list[AbsTask]:
+    """A task for every `<stem>.test.tsv` at the top of `folder`."""
     tasks = []
     for test in sorted(folder.glob("*.test.tsv")):
         stem = test.name.removesuffix(".test.tsv")
@@ -106,17 +59,48 @@ def local_tasks(folder: str | Path, names: list[str] | None = None, limit: int |
         if names is not None and mteb_name not in names and stem not in names:
             continue
         text_file = folder / "raw" / test.name if raw and (folder / "raw" / test.name).exists() else test
-        header = read_tsv_header(test)  # a file that is not UTF-8 ends in one line naming it and the fix
+        header = tuple(read_tsv_header(test))  # a file that is not UTF-8 ends in one line naming it and the fix
         name = mteb_name + LOCAL_SUFFIX
-        if header == ["score", "sentence1", "sentence2"]:
+        if header == STS_COLUMNS:
             tasks.append(_sts_task(text_file, name, score_range, limit, sample))
-        elif header == ["label", "text"]:
-            train = text_file.with_name(f"{stem}.train.tsv")
-            if not train.exists():
-                raise ValueError(f"{test} is a classification file but {train} is missing; mteb needs train and test.")
-            tasks.append(_classification_task(text_file, train, name, limit, sample))
+        elif header == TEXT_COLUMNS:
+            tasks.append(classification_task(text_file, text_file.with_name(f"{stem}.train.tsv"), name, limit, sample))
         else:
-            raise ValueError(f"{test}: unknown header {header}; expected 'score, sentence1, sentence2' or 'label, text'.")
-    if not tasks:
-        raise ValueError(f"No usable <name>.test.tsv in {folder} for tasks {names}.")
+            raise ValueError(f"{test} line 1: header '{'<TAB>'.join(header)}'; expected 'score<TAB>sentence1<TAB>"
+                             "sentence2' (STS) or 'label<TAB>text' (classification, with a .train.tsv beside it).")
     return tasks
+
+
+@dataclass
+class LocalTasks:
+    """The local tasks found, and a line for each task folder that holds no data."""
+
+    tasks: list[AbsTask]
+    notes: list[str] = field(default_factory=list)
+
+
+def find_local_tasks(folder: str | Path, names: list[str] | None = None, limit: int | None = None, raw: bool = True,
+                     sample: int | None = None) -> LocalTasks:
+    """Tasks for every `<stem>.test.tsv` in `folder` (text from `folder/raw/` when it exists and `raw`) and every
+    task folder in `folder/mteb/` (st_tp.evaluation.local_appendix); an empty result is not an error here.
+
+    `names` filters by the mteb name a file or folder stands for (e.g. "STSBenchmark", "SummEval"); `limit` keeps
+    the first N test rows (a slice for quick checks; clustering: N texts drawn at random from each set;
+    summarization: the first N documents; reranking: the first N queries); `sample` keeps N test rows of the TSV
+    files drawn at random (seed 0), from every genre. A malformed file raises ValueError naming its line."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"local data {folder}: no such folder.")
+    tasks = _tsv_tasks(folder, names, limit, raw, sample)
+    more, notes = folder_tasks(folder, names, limit)
+    return LocalTasks(tasks + more, notes)
+
+
+def local_tasks(folder: str | Path, names: list[str] | None = None, limit: int | None = None, raw: bool = True,
+                sample: int | None = None) -> list[AbsTask]:
+    """The tasks of `find_local_tasks`; none at all is an error."""
+    found = find_local_tasks(folder, names, limit, raw, sample)
+    if not found.tasks:
+        raise ValueError(f"No usable local data in {folder} for tasks {names}: expected <name>.test.tsv files or "
+                         "mteb/<task>/ folders (docs/evaluation.md, 'Offline, from local files').")
+    return found.tasks

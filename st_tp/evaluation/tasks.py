@@ -85,4 +85,7 @@ def describe(task: mteb.AbsTask) -> str:
     newer = getattr(meta, "superseded_by", None)
     subsets = ",".join(task.hf_subsets) if meta.is_multilingual else "default"
     line = f"{meta.name:40s} {meta.type:18s} {meta.main_score:32s} rev {str(meta.dataset.get('revision'))[:8]} subset {subsets}"
-    return line + (f"  (paper's version; mteb also has {newer})" if newer else "")
+    line += f"  (paper's version; mteb also has {newer})" if newer else ""
+    copy, taken = getattr(task, "local_copy", None), getattr(task, "slice_note", None)  # local tasks only
+    line += f"  ({taken})" if taken else ""
+    return line + (f"  (differs from mteb: {copy.differs})" if copy is not None and not copy.comparable else "")
