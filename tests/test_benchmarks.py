@@ -100,3 +100,23 @@ def test_rotated_rounds_start_round_r_at_run_r():
     calls.clear()
     time_rounds({name: (lambda name=name: calls.append(name)) for name in "ab"}, 2)
     assert calls == list("abab")
+
+
+def test_appendix_benchmark_smoke_run(tmp_path):
+    """benchmarks/bench_appendix.py on the tiny model, three categories and two transfer tasks at tiny samples: the
+    tables carry both models, the deltas and their intervals (whose full-sample scores are mteb's own: the bootstrap
+    checks them), the paper's columns and the no-data line for reranking."""
+    from benchmarks.bench_appendix import main as bench_appendix
+
+    (tmp_path / "vanilla.yaml").write_text("prompt_method: prompteol\ntp: false\noutput_layer: 3\ndtype: float32\n")
+    result = bench_appendix(["--model", "assets/tiny-llama-install-check", "--presets", str(tmp_path / "vanilla.yaml"),
+                             "install-check", "--out", str(tmp_path / "out"), "--categories", "sts,pair-classification",
+                             "--sts-sample", "30", "--pair-sample", "60", "--transfer-tasks", "SST2,MRPC",
+                             "--senteval-sample", "60", "--resamples", "30"])
+    report = result["report"]
+    assert "### Table 5: transfer tasks" in report and "| paper, Llama-2-7B, PromptEOL + TP (full sets) |" in report
+    assert "### Table 8: PairClassification (max_ap x100): install-check - vanilla" in report
+    assert "### Table 12: STS" in report and "reranking: no local data in" in report
+    stsb = next(row for row in result["bootstrap"]["STS: install-check - vanilla"] if row["name"] == "STSBenchmark-local")
+    assert stsb["score_b"] == pytest.approx(result["mteb"].scores["install-check"]["STSBenchmark-local"], abs=1e-4)
+    assert f"| STSBenchmark | 30 pairs | {100 * stsb['score_a']:.2f} | {100 * stsb['score_b']:.2f} | " in report

@@ -99,3 +99,24 @@ def test_a_real_difference_is_found_and_stale_predictions_are_refused(evaluated,
                                          r"STSBenchmark-local_predictions\.json"):
         paired_bootstrap([sts], tmp_path / "nowhere", tmp_path / "strong", reported_a=scores["weak"],
                          reported_b=scores["strong"])
+
+
+def test_transfer_items_are_matched_by_row_and_a_real_gain_found():
+    from st_tp.evaluation.significance import transfer_bootstrap
+
+    rng = np.random.default_rng(1)
+    gold = rng.integers(0, 2, 400)
+    rows = rng.permutation(1000)[:400]
+    weak = np.where(rng.random(400) < 0.6, gold, 1 - gold)  # 60% right
+    strong = np.where(rng.random(400) < 0.9, gold, 1 - gold)  # 90% right
+    a = {"MR": {"gold": gold.tolist(), "predictions": weak.tolist(), "source_rows": rows.tolist()}}
+    order = np.argsort(rows)  # model B's file lists the same items in another order
+    b = {"MR": {"gold": gold[order].tolist(), "predictions": strong[order].tolist(), "source_rows": rows[order].tolist()}}
+    (row,), average = transfer_bootstrap(a, b, resamples=500)
+    assert row.score_a == pytest.approx(np.mean(weak == gold)) and row.score_b == pytest.approx(np.mean(strong == gold))
+    assert row.low > 0.2 and row.p_value < 0.01 and average.delta == pytest.approx(row.delta)
+    (same,), _ = transfer_bootstrap(a, a, resamples=50)
+    assert same.delta == 0 and same.low == same.high == 0 and same.p_value == 1.0
+    b["MR"]["source_rows"][0] = 5000
+    with pytest.raises(ValueError, match="MR: the two models' predictions cover different items"):
+        transfer_bootstrap(a, b)

@@ -86,13 +86,13 @@ def find_local_tasks(folder: str | Path, names: list[str] | None = None, limit: 
 
     `names` filters by the mteb name a file or folder stands for (e.g. "STSBenchmark", "SummEval"); `limit` keeps
     the first N test rows (a slice for quick checks; clustering: N texts drawn at random from each set;
-    summarization: the first N documents; reranking: the first N queries); `sample` keeps N test rows of the TSV
-    files drawn at random (seed 0), from every genre. A malformed file raises ValueError naming its line."""
+    summarization: the first N documents; reranking: the first N queries); `sample` keeps N test rows drawn at random (seed 0) of the
+    STS, classification and pair-classification files (from every genre, every label). A malformed file raises ValueError naming its line."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"local data {folder}: no such folder.")
     tasks = _tsv_tasks(folder, names, limit, raw, sample)
-    more, notes = folder_tasks(folder, names, limit)
+    more, notes = folder_tasks(folder, names, limit, sample)
     return LocalTasks(tasks + more, notes)
 
 

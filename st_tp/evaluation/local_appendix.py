@@ -81,10 +81,11 @@ def classification_task(test: Path, train: Path, name: str, limit: int | None,
                      dataset, like=like, copy=copy, slice_note=words)
 
 
-def pair_classification_task(test: Path, name: str, limit: int | None) -> AbsTaskPairClassification:
-    """`label<TAB>sentence1<TAB>sentence2`, label 0 or 1: the first `limit` pairs."""
+def pair_classification_task(test: Path, name: str, limit: int | None,
+                             sample: int | None = None) -> AbsTaskPairClassification:
+    """`label<TAB>sentence1<TAB>sentence2`, label 0 or 1: the first `limit` pairs, or `sample` pairs drawn at random."""
     like = check_counterpart(name.removesuffix(LOCAL_SUFFIX), "PairClassification", AbsTaskPairClassification, test)
-    rows = read_table(test, PAIR_COLUMNS, choices={"label": ("0", "1")}, limit=limit)
+    rows = read_table(test, PAIR_COLUMNS, choices={"label": ("0", "1")}, limit=limit, sample=sample)
 
     def dataset(task):
         # mteb's own layout for text pair classification: one row holding the lists (the hub datasets' layout)
@@ -92,9 +93,9 @@ def pair_classification_task(test: Path, name: str, limit: int | None) -> AbsTas
                    "labels": [int(r["label"]) for r in rows]}
         task.dataset = DatasetDict({"test": Dataset.from_dict({k: [v] for k, v in columns.items()})})
 
-    metadata = local_metadata(name, "PairClassification", [test], f"limit={limit}", like)
-    return make_task(AbsTaskPairClassification, metadata, dataset, like=like,
-                     slice_note=slice_words("PairClassification", limit))
+    metadata = local_metadata(name, "PairClassification", [test], f"limit={limit},sample={sample}", like)
+    words = slice_words("PairClassification", limit) if sample is None else f"{sample} pairs drawn at random"
+    return make_task(AbsTaskPairClassification, metadata, dataset, like=like, slice_note=words)
 
 
 def clustering_task(test: Path, name: str, limit: int | None) -> AbsTaskClusteringLegacy:
@@ -162,8 +163,9 @@ def reranking_task(test: Path, name: str, limit: int | None) -> LocalReranking:
     return make_task(LocalReranking, metadata, None, like=like, slice_note=slice_words("Reranking", limit), rows=rows)
 
 
-def folder_task(folder: Path, limit: int | None) -> AbsTask | None:
-    """The task in `folder` (its name: the folder's, plus -local), or None if it holds no test file."""
+def folder_task(folder: Path, limit: int | None, sample: int | None = None) -> AbsTask | None:
+    """The task in `folder` (its name: the folder's, plus -local), or None if it holds no test file. `sample` draws
+    that many test rows at random (classification, pair classification) instead of the first `limit`."""
     name = folder.name + LOCAL_SUFFIX
     test_tsv, test_jsonl = folder / "test.tsv", folder / "test.jsonl"
     if test_jsonl.is_file():
@@ -178,18 +180,19 @@ def folder_task(folder: Path, limit: int | None) -> AbsTask | None:
         return None
     header = tuple(read_tsv_header(test_tsv))
     if header == PAIR_COLUMNS:
-        return pair_classification_task(test_tsv, name, limit)
+        return pair_classification_task(test_tsv, name, limit, sample)
     if header == TEXT_COLUMNS:
         train, counterpart = folder / "train.tsv", mteb_task(folder.name)
         if train.is_file() or (counterpart is not None and counterpart.metadata.type == "Classification"):
-            return classification_task(test_tsv, train, name, limit)  # a missing train file is named there
+            return classification_task(test_tsv, train, name, limit, sample)  # a missing train file is named there
         return clustering_task(test_tsv, name, limit)
     raise ValueError(f"{test_tsv} line 1: header '{'<TAB>'.join(header)}'; expected 'label<TAB>text' "
                      "(classification with train.tsv beside it, or clustering) or 'label<TAB>sentence1<TAB>sentence2' "
                      "(pair classification).")
 
 
-def folder_tasks(root: Path, names: list[str] | None, limit: int | None) -> tuple[list[AbsTask], list[str]]:
+def folder_tasks(root: Path, names: list[str] | None, limit: int | None,
+                 sample: int | None = None) -> tuple[list[AbsTask], list[str]]:
     """The tasks of every folder in `root/mteb/` whose name is in `names` (None: every folder), and a line for each
     such folder that holds no data."""
     tasks, notes = [], []
@@ -197,7 +200,7 @@ def folder_tasks(root: Path, names: list[str] | None, limit: int | None) -> tupl
     for folder in sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
         if names is not None and folder.name not in names:
             continue
-        task = folder_task(folder, limit)
+        task = folder_task(folder, limit, sample)
         if task is None:
             notes.append(f"{folder.name}: no data in {folder} (expected test.tsv or test.jsonl)")
         else:

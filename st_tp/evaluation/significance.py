@@ -175,6 +175,36 @@ def paired_bootstrap(tasks: list, predictions_a: str | Path, predictions_b: str 
     return rows, average
 
 
+def transfer_bootstrap(results_a: dict[str, dict], results_b: dict[str, dict], *, resamples: int = 1000,
+                       seed: int = 0) -> tuple[list[PairedDelta], PairedDelta | None]:
+    """The same for SentEval transfer tasks, from `st-tp senteval`'s per-item predictions ({task: the `result` of its
+    predictions file: gold, predictions, source_rows}): accuracy over resampled items (test items; out-of-fold
+    items for the cross-validated tasks, whose reported accuracy is the mean over folds, equal to the item accuracy
+    up to SentEval's rounding of each fold). Items are matched by their row in the task's files."""
+    rng = np.random.default_rng(seed)
+    rows, all_deltas = [], []
+    for task in results_a:
+        if task not in results_b:
+            continue
+        correct = []
+        for result in (results_a[task], results_b[task]):
+            by_row = dict(zip(result["source_rows"], np.equal(result["predictions"], result["gold"]), strict=True))
+            correct.append(by_row)
+        if set(correct[0]) != set(correct[1]):
+            raise ValueError(f"{task}: the two models' predictions cover different items; run both on the same sample.")
+        items = sorted(correct[0])
+        hits = [np.array([c[i] for i in items], dtype=float) for c in correct]
+        draws = rng.integers(0, len(items), (resamples, len(items)))
+        deltas = hits[1][draws].mean(1) - hits[0][draws].mean(1)
+        rows.append(_summary(task, f"{len(items)} items", hits[0].mean(), hits[1].mean(), deltas))
+        all_deltas.append(deltas)
+    if not rows:
+        return rows, None
+    average = _summary(f"Average ({len(rows)})", "each task resampled", float(np.mean([r.score_a for r in rows])),
+                       float(np.mean([r.score_b for r in rows])), np.mean(all_deltas, axis=0))
+    return rows, average
+
+
 def significance_table(rows: list[PairedDelta], average: PairedDelta | None, label_a: str, label_b: str,
                        resamples: int) -> list[str]:
     """Markdown lines: x100 scores, delta, its 95% bootstrap interval and p."""

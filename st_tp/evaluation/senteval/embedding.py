@@ -15,8 +15,6 @@ from collections.abc import Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-_CHUNK_BATCHES = 16  # texts per encode call = this many batches, so the bar moves while a task embeds
-
 
 def official_text(sentence: str) -> str:
     """The official batcher's rules, in its order (an empty text stays empty)."""
@@ -52,7 +50,7 @@ def _own_rules_off(module) -> Iterator[None]:
 
 class SentenceEmbedder:
     """`model.encode` on a task's texts, with the batcher's text rules (see the module docstring) and one progress bar
-    per task. The texts come length-sorted (SentEval's order), so each encode call gets texts of similar length."""
+    per task. The texts come length-sorted (SentEval's order) and are embedded in SentEval's batches."""
 
     def __init__(self, model, batch_size: int = 16, show_progress_bar: bool = True) -> None:
         self.model, self.batch_size, self.show_progress_bar = model, batch_size, show_progress_bar
@@ -70,7 +68,9 @@ class SentenceEmbedder:
     def embed(self, parts: dict[str, list[str]], desc: str) -> dict[str, np.ndarray]:
         """{part: float32 embeddings [n, dim]} for each part's texts."""
         total = sum(len(texts) for texts in parts.values())
-        chunk = self.batch_size * _CHUNK_BATCHES
+        # One encode call per SentEval batch: the batcher gets batch_size sentences in SentEval's order, and a row's
+        # numbers depend (in the last bits) on the rows batched with it, so the batches are SentEval's.
+        chunk = self.batch_size
         out = {}
         with tqdm(total=total, desc=desc, unit="sent", disable=not self.show_progress_bar) as bar, (
                 _own_rules_off(self.tp_module) if self.applies_rules else contextlib.nullcontext()):
