@@ -36,27 +36,45 @@ CATEGORIES = ("sts", "classification", "pair-classification", "clustering", "sum
 def appendix_tasks(args) -> tuple[list, list[str]]:
     """The local tasks of the chosen categories, each at its sample size, and the no-data lines (reranking)."""
     from st_tp.evaluation.local import find_local_tasks
+    from st_tp.evaluation.tasks import TASK_SETS
 
     parts = {"sts": lambda: find_local_tasks(DATA, STS, sample=args.sts_sample),
              "classification": lambda: find_local_tasks(DATA, CLASSIFICATION, sample=args.classification_sample),
              "pair-classification": lambda: find_local_tasks(DATA, PAIR, sample=args.pair_sample),
              "clustering": lambda: find_local_tasks(DATA, CLUSTERING, limit=args.clustering_texts),
              "summarization": lambda: find_local_tasks(DATA, SUMMARIZATION, limit=args.summarization_documents)}
-    tasks = [task for category in args.categories.split(",") for task in parts[category]().tasks]
-    notes = [] if any(t.metadata.type == "Reranking" for t in tasks) else [f"reranking: no local data in {DATA}"]
+    chosen = args.categories.split(",")
+    unknown = sorted(set(chosen) - set(parts))
+    if unknown:
+        raise SystemExit(f"bench_appendix.py: unknown categories {', '.join(unknown)}; choose from {', '.join(parts)}.")
+    tasks = [task for category in chosen for task in parts[category]().tasks]
+    reranking = find_local_tasks(DATA, TASK_SETS["reranking"])  # run wherever a copy appears, named where none does
+    tasks += reranking.tasks
+    notes = [] if reranking.tasks else [f"reranking: no local data in {DATA}"]
     return tasks, notes
 
 
 def build_folders(args) -> list[str]:
-    import st_tp
+    """A saved folder per preset under OUT/models/, built once; one built from another model or preset is refused (its
+    cached results would be served under the new title)."""
+    import hashlib
 
-    folders = []
-    for preset in args.presets:
-        folder = Path(args.out) / "models" / Path(preset).stem
-        if not (folder / "modules.json").is_file():
+    import st_tp
+    from st_tp.presets import find_preset
+
+    paths = [Path(find_preset(preset)) for preset in args.presets]  # names hold dots (qwen2.5-1.5b-...): no .stem
+    folders = [Path(args.out) / "models" / path.name.removesuffix(".yaml") for path in paths]
+    if len(set(folders)) < len(folders):
+        raise SystemExit(f"bench_appendix.py: two presets share a file name ({', '.join(map(str, paths))}); rename one.")
+    for preset, path, folder in zip(args.presets, paths, folders, strict=True):
+        built_from = {"model": args.model, "preset": hashlib.sha256(path.read_bytes()).hexdigest()}
+        marker = folder / "bench_appendix.json"
+        if marker.is_file() and json.loads(marker.read_text()) != built_from:
+            raise SystemExit(f"bench_appendix.py: {folder} was built from another model or preset; use a new --out.")
+        if not marker.is_file():
             st_tp.build(args.model, preset, device="cpu").save(str(folder))
-        folders.append(str(folder))
-    return folders
+            marker.write_text(json.dumps(built_from))
+    return [str(folder) for folder in folders]
 
 
 def paper_cells(name: str) -> list[str]:
@@ -165,6 +183,8 @@ def main(argv: list[str] | None = None) -> dict:
                                     sample=args.senteval_sample, classifier="sklearn", batch_size=args.batch_size,
                                     device="cpu")
         stages["SentEval (embedding and classifiers)"] = time.time() - clock
+        if senteval_run.failures:
+            raise SystemExit(f"SentEval failures: {senteval_run.failures}")
         transfer, transfer_data = transfer_tables(senteval_run, labels, args.resamples, list(senteval_run.summary.tasks))
         body, data = transfer + body, {**transfer_data, **data}
     dtype = ", ".join(f"{label} in {str(saved_dtype(folder, 'cpu')[1]).removeprefix('torch.')}"

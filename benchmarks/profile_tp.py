@@ -77,7 +77,9 @@ def onednn_kernels(argv: list[str], label: str) -> None:
     import subprocess
 
     child = subprocess.run([sys.executable, __file__, *argv, "--onednn-child", label], capture_output=True, text=True,
-                           env={**os.environ, "ONEDNN_VERBOSE": "1"}, check=True)
+                           env={**os.environ, "ONEDNN_VERBOSE": "1"})
+    if child.returncode:
+        raise SystemExit(f"the oneDNN-logged run of {label} failed:\n{child.stderr[-2000:]}")
     lines = child.stdout.split(f"{MARK} begins\n", 1)[-1].split(f"{MARK} ends", 1)[0].splitlines()
     kinds, calls = defaultdict(float), defaultdict(int)
     for line in lines:  # onednn_verbose,v1,primitive,exec,cpu,matmul,brg_matmul:avx512_core_amx,...,512x576:576x1536,4.04

@@ -216,8 +216,8 @@ def parse_tp_ends(text: str, flag: str = "--tp-end") -> list[int]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    if (args.data is None) != (args.dev is not None):  # --dev FILE, or --transfer TASK --data DIR
-        raise CliError("--transfer TASK needs --data DIR (SentEval's data/downstream folder); --dev FILE takes no --data.")
+    if (args.data is None) != (args.dev is not None) or (args.dev is None and args.metric):  # --dev FILE, or --transfer TASK --data DIR
+        raise CliError("--transfer TASK needs --data DIR (SentEval's data/downstream folder) and scores dev accuracy (no --metric); --dev FILE takes no --data.")
     _check_model(args.base)
     _check_device(args.device)
     from st_tp.sweep import sweep, sweep_transfer, write_outputs
@@ -225,7 +225,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     common = dict(prompt_method=args.prompt_method, tp_start=args.tp_start, tp_ends=parse_tp_ends(args.tp_end), limit=args.limit,
                   sample=args.sample, batch_size=args.batch_size, dtype=args.dtype, device=args.device, gguf_file=args.gguf_file,
                   layers=parse_tp_ends(args.layers, "--layers") if args.layers else None)  # the exits kept (default: all)
-    result = sweep(args.base, _existing_file(args.dev, "--dev"), metric=args.metric, **common) if args.dev is not None else (
+    result = sweep(args.base, _existing_file(args.dev, "--dev"), metric=args.metric or "spearman", **common) if args.dev is not None else (
         sweep_transfer(args.base, args.transfer, args.data, **common))
     write_outputs(result, args.out, args.base, args.prompt_method, result.scored_on)
     print(result.report(args.out))  # the best cell; and that a model built with best.yaml scores it, when it does
@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-method", default="prompteol", choices=methods, help="embedding prompt (default prompteol)")
     p.add_argument("--tp-start", type=int, default=1, help="first decoder layer that gets the <PST> overwrite (default 1)")
     p.add_argument("--tp-end", default="2..12", help="tp_end values: a range a..b or a list a,b,c (default 2..12)")
-    p.add_argument("--metric", default="spearman", choices=["spearman", "pearson"], help="dev score (default spearman)")
+    p.add_argument("--metric", choices=["spearman", "pearson"], help="--dev's score (default spearman; --transfer: accuracy)")
     p.add_argument("--out", required=True, help="folder for grid.csv, heatmap.png, curves.png and best.yaml")
     p.add_argument("--batch-size", type=int, default=16, help="pairs per batch (--transfer: 2N sentences; default 16)")
     p.add_argument("--limit", type=int, help="first N dev pairs (--transfer: first N examples of each split)")

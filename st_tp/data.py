@@ -85,6 +85,16 @@ def read_tsv_header(path: str | Path) -> list[str]:
         return f.readline().rstrip("\r\n").split("\t")
 
 
+def kept_rows(count: int, limit: int | None = None, sample: int | None = None, seed: int = 0) -> np.ndarray:
+    """Which of `count` rows a `sample` / `limit` keeps, in file order: `sample` rows drawn at random (seeded), then
+    the first `limit` of those. Every reader of st_tp takes its rows this way, so a sample names the same rows
+    everywhere (STS files, the mteb task folders, SentEval's files)."""
+    rows = np.arange(count)
+    if sample is not None and sample < count:
+        rows = np.sort(np.random.default_rng(seed).choice(count, size=sample, replace=False))
+    return rows[:limit] if limit else rows
+
+
 def read_tsv(path: str | Path, limit: int | None = None, sample: int | None = None, seed: int = 0) -> list[dict[str, str]]:
     """Rows as dicts keyed by the header; quotes are text (STS sentences contain unbalanced ones).
 
@@ -95,10 +105,7 @@ def read_tsv(path: str | Path, limit: int | None = None, sample: int | None = No
     check_utf8(path)
     with open(path, encoding="utf-8-sig", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    if sample is not None and sample < len(rows):
-        keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=sample, replace=False))
-        rows = [rows[i] for i in keep]
-    return rows[:limit] if limit else rows
+    return [rows[i] for i in kept_rows(len(rows), limit, sample, seed)]
 
 
 def read_pairs(

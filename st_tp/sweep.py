@@ -7,8 +7,8 @@ below a tp_end are shared with the full run. In all, `full_passes` forward passe
 on a 28-layer model, under the n + 1 = 12 of running each tp_end and vanilla once. The progress bar counts prompt
 tokens, not batches, so its ETA holds although the batches run longest first.
 
-How the cells are computed (`run_sweep`) is apart from how they are scored (a `CellScorer`): `STSScorer` keeps one
-cosine per pair and cell and correlates them with an STS dev set's scores (`sweep`); the transfer scorer
+How the cells are computed (`run_sweep`) is apart from how they are scored (a `CellScorer`, st_tp.sweep_scoring):
+`STSScorer` correlates each cell's cosines with an STS dev set's scores (`sweep`); the transfer scorer
 (st_tp.evaluation.senteval.dev_split, `sweep_transfer`) keeps every cell's states and trains SentEval's classifier
 on a transfer task's train split, scored on its dev split.
 """
@@ -69,8 +69,9 @@ class SweepResult:
     def report(self, out: str | Path) -> str:
         """What `st-tp sweep` prints: the best cell, and (when a model built with its settings scored the same) so."""
         best_e, best_k, best_v = self.best()
-        lines = [f"best: tp_end={best_e} output_layer={best_k} {self.metric}={best_v:.4f} (vanilla best "
-                 f"{np.nanmax(self.scores[VANILLA]):.4f}; {self.dtype}); wrote {out}/grid.csv, heatmap.png, curves.png, best.yaml"]
+        vanilla = f"vanilla best {np.nanmax(self.scores[VANILLA]):.4f}; " if VANILLA in self.scores else ""
+        lines = [f"best: tp_end={best_e} output_layer={best_k} {self.metric}={best_v:.4f} ({vanilla}{self.dtype}); "
+                 f"wrote {out}/grid.csv, heatmap.png, curves.png, best.yaml"]
         if self.best_rebuilt is not None and not self.rebuilt_differs():
             lines.append(f"checked: a model built with best.yaml scores {self.best_rebuilt:.6f}, as its grid cell.")
         return "\n".join(lines)
@@ -78,8 +79,9 @@ class SweepResult:
     def rebuild_warning(self) -> str:
         """Why a rebuilt best cell can score otherwise than its grid cell (when `rebuilt_differs`)."""
         return (f"a model built with the best cell's settings scores {self.best_rebuilt:.6f}, its grid cell "
-                f"{self.best()[2]:.6f}: this machine's kernels round the sweep's shared layers otherwise than a built "
-                "model's. Trust the built model's score;")
+                f"{self.best()[2]:.6f}. The sweep runs the built model's batches, but computes every row of every layer "
+                "where a built model skips the rows it never reads; this machine's kernels seem to round by the number "
+                "of rows. Trust the built model's score;")
 
     def best(self) -> tuple[int, int, float]:
         """(tp_end, output_layer, score) of the best TP cell. NaN cells (e.g. layer 0: every prompt ends in the
@@ -123,8 +125,6 @@ def sweep(
     """Score every (tp_end, output_layer) cell and the vanilla prompt on an STS-like dev set (`layers`: only those
     exit layers; the others are NaN). With `rebuild_best`, the best TP cell is scored once more by a model built with
     its settings (`SweepResult.best_rebuilt`)."""
-    if metric not in ("spearman", "pearson"):
-        raise ValueError(f"metric must be 'spearman' or 'pearson', got {metric!r}.")
     config = _sweep_config(prompt_method, template, tp_start, tp_ends, dtype, device)
     return run_sweep(base_model, config, STSScorer(read_pairs(dev, limit, sample), metric, layers, str(dev)), tp_ends=tp_ends,
                      batch_size=batch_size, show_progress_bar=show_progress_bar, include_vanilla=include_vanilla,
@@ -230,7 +230,8 @@ def run_sweep(base_model: str, config: TPConfig, scorer: CellScorer, *, tp_ends,
     return result
 
 
-def write_outputs(result: SweepResult, out: str | Path, base_model: str, prompt_method: str, dev: str) -> None:
+def write_outputs(result: SweepResult, out: str | Path, base_model: str, prompt_method: str, scored_on: str) -> None:
+    """grid.csv, heatmap.png, curves.png and best.yaml; `scored_on` names the dev data (a file, a transfer dev split)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -257,7 +258,7 @@ def write_outputs(result: SweepResult, out: str | Path, base_model: str, prompt_
     ax.scatter([best_k], [tp_ends.index(best_e)], marker="*", s=250, c="red", label=f"best {100 * best_v:.2f}")
     ax.legend(loc="upper left")
     fig.colorbar(image, ax=ax, label=f"dev {result.metric} x100")
-    ax.set_title(f"{Path(base_model).name}, {prompt_method}: {result.metric} on {Path(dev).name}")
+    ax.set_title(f"{Path(base_model).name}, {prompt_method}: {result.metric} on {Path(scored_on).name}")
     fig.tight_layout()
     fig.savefig(out / "heatmap.png", dpi=120)
     plt.close(fig)
@@ -265,7 +266,8 @@ def write_outputs(result: SweepResult, out: str | Path, base_model: str, prompt_
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for e in tp_ends:
         ax.plot(range(layers + 1), np.array(result.scores[e]) * 100, marker=".", label=f"TP, tp_end={e}")
-    ax.plot(range(layers + 1), np.array(result.scores[VANILLA]) * 100, "k--", label="vanilla")
+    if VANILLA in result.scores:
+        ax.plot(range(layers + 1), np.array(result.scores[VANILLA]) * 100, "k--", label="vanilla")
     ax.scatter([best_k], [best_v * 100], marker="*", s=250, c="red", zorder=5, label=f"best (tp_end={best_e}, layer {best_k})")
     ax.set_xlabel("output layer")
     ax.set_ylabel(f"dev {result.metric} x100")
@@ -275,11 +277,11 @@ def write_outputs(result: SweepResult, out: str | Path, base_model: str, prompt_
     fig.savefig(out / "curves.png", dpi=120)
     plt.close(fig)
 
+    vanilla = f" (vanilla best {np.nanmax(result.scores[VANILLA]):.4f})" if VANILLA in result.scores else ""
+    rebuilt = "" if result.best_rebuilt is None else f"; a model built with this preset scored {result.best_rebuilt:.4f}"
     preset = {
         "base_model": base_model,
-        "notes": f"st-tp sweep: best dev {result.metric} {best_v:.4f} on {dev} (vanilla best "
-                 f"{np.nanmax(result.scores[VANILLA]):.4f}), in {result.dtype}"
-                 + ("" if result.best_rebuilt is None else f"; a model built with this preset scored {result.best_rebuilt:.4f}"),
+        "notes": f"st-tp sweep: best dev {result.metric} {best_v:.4f} on {scored_on}{vanilla}, in {result.dtype}{rebuilt}",
         "prompt_method": prompt_method,
         "tp": True,
         "tp_start": result.tp_start,

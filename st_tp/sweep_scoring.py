@@ -35,9 +35,11 @@ class CellScorer(Protocol):
     transfer task's dev split.
 
     `text_batches` gets `encode_batches(texts)`: the batches (index arrays into `texts`) that model.encode(texts)
-    forms. A scorer batches its texts that way because a row's numbers depend on the rows batched with it (the
-    padded length attention runs at, the rows of each matmul): batched as the built model's encode batches them, each
-    cell's states are bit for bit the built model's embeddings, so the grid scores what the preset will."""
+    forms. A scorer batches its texts that way because a row's numbers depend in their last bits on the rows batched
+    with it (the padded length attention runs at, the rows of each matmul). Batched as the built model's encode
+    batches them, each cell's states were the built model's embeddings bit for bit on every model and dtype tested
+    (tests/test_sweep.py), although a built model skips rows it never reads that the sweep computes; the sweep's
+    check of its best cell catches a machine whose kernels round by row count."""
 
     metric: str
     description: str  # what it scores on, for the plots and best.yaml
@@ -70,6 +72,36 @@ def encode_batches(model: SentenceTransformer, texts: list[str], batch_size: int
     return np.split(order, np.flatnonzero(np.diff(places[order, 0])) + 1)
 
 
+def available_memory() -> int | None:
+    """Bytes the kernel can still give this process without swapping (MemAvailable: free memory plus the page cache
+    it can drop); None where /proc/meminfo is not there (no check)."""
+    try:
+        for line in open("/proc/meminfo", encoding="ascii"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_states_fit(what: str, need: int, items: int, total_layers: int) -> str:
+    """The progress bar's note for `need` bytes of held states; a ValueError naming smaller settings if they would not
+    fit in 80% of the available memory (`items`: the examples each side or split holds)."""
+    free = available_memory()
+    if free is not None and need > 0.8 * free:
+        fits = max(int(items * 0.8 * free / need), 1)
+        raise ValueError(f"{what} needs {need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB available: take "
+                         f"fewer examples (e.g. sample={fits}) or fewer exit layers (e.g. layers="
+                         f"{total_layers // 2}..{total_layers}).")
+    return f"; {need / 2**30:.2f} GiB of held states"
+
+
+def correlation(metric: str):
+    if metric not in ("spearman", "pearson"):
+        raise ValueError(f"metric must be 'spearman' or 'pearson', got {metric!r}.")
+    return spearmanr if metric == "spearman" else pearsonr
+
+
 class STSScorer:
     """Cosine Spearman (or Pearson) on an STS-like dev set, computed as `_sts_score` computes a built model's: the
     sentence1s in model.encode's batches, then the sentence2s in theirs, each batch's states L2-normalised as encode
@@ -80,8 +112,7 @@ class STSScorer:
 
     def __init__(self, pairs: tuple[list[str], list[str], np.ndarray], metric: str = "spearman",
                  layers: list[int] | None = None, description: str = "") -> None:
-        if metric not in ("spearman", "pearson"):
-            raise ValueError(f"metric must be 'spearman' or 'pearson', got {metric!r}.")
+        correlation(metric)  # a bad name fails here, before any model loads
         self.s1, self.s2, self.gold = pairs
         self.metric, self.layers_given, self.description = metric, layers, description
         self.batches: list[tuple[int, np.ndarray]] = []  # (side: 0 sentence1, 1 sentence2; rows of the pairs)
@@ -93,6 +124,9 @@ class STSScorer:
     def start(self, rows: list[str | int], total_layers: int, hidden_size: int, dtype: torch.dtype) -> None:
         self.kept = set(kept_layers(self.layers_given, total_layers, first=0))
         self.total_layers, self.hidden_size, self.done = total_layers, hidden_size, 0
+        need = len(self.s1) * len(rows) * len(self.kept) * hidden_size * 4
+        self.note = check_states_fit(f"an STS sweep of {len(self.s1)} pairs x {len(rows)} rows x {len(self.kept)} exit "
+                                     f"layers x {hidden_size} float32 values", need, len(self.s1), total_layers)
         self.first = {(e, k): np.empty((len(self.s1), hidden_size), np.float32) for e in rows for k in self.kept}
         self.cosines = {cell: np.empty(len(self.s1), np.float32) for cell in self.first}
 
@@ -107,11 +141,9 @@ class STSScorer:
                 else:
                     self.cosines[cell][ids] = (self.first[cell][ids] * unit).sum(1)
 
-    def _correlation(self):
-        return spearmanr if self.metric == "spearman" else pearsonr
-
     def scores(self) -> dict[str | int, list[float]]:
-        score, rows = self._correlation(), dict.fromkeys(e for e, _ in self.first)
+        score, rows = correlation(self.metric), dict.fromkeys(e for e, _ in self.first)
+        self.first = {}  # the sentence1 states are done with: freed before the best cell is rebuilt
         with warnings.catch_warnings():  # constant cosines (layer 0) give NaN, reported as such in grid.csv
             warnings.simplefilter("ignore")
             return {e: [float(score(self.gold, self.cosines[(e, k)]).statistic) if k in self.kept else float("nan")
@@ -124,5 +156,4 @@ class STSScorer:
 def _sts_score(model: SentenceTransformer, pairs: tuple, metric: str, batch_size: int) -> float:
     s1, s2, gold = pairs
     embed = functools.partial(model.encode, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
-    score = spearmanr if metric == "spearman" else pearsonr
-    return float(score(gold, (embed(s1) * embed(s2)).sum(1)).statistic)
+    return float(correlation(metric)(gold, (embed(s1) * embed(s2)).sum(1)).statistic)

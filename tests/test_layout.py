@@ -16,7 +16,9 @@ def _type_checking_nodes(tree) -> set[int]:
     """ids of the nodes under `if TYPE_CHECKING:` (annotations only: such imports never run)."""
     skipped = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+        test = node.test if isinstance(node, ast.If) else None  # `if TYPE_CHECKING:` / `if typing.TYPE_CHECKING:`
+        if (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+                isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"):
             skipped |= {id(inner) for statement in node.body for inner in ast.walk(statement)}
     return skipped
 

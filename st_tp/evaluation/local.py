@@ -44,7 +44,8 @@ def _sts_task(path: Path, name: str, score_range: tuple[float, float] | None, li
             "sentence1": [r["sentence1"] for r in rows], "sentence2": [r["sentence2"] for r in rows], "score": scores,
         })})
 
-    words = f"first {limit} rows" if limit else (f"{sample} rows drawn at random" if sample is not None else None)
+    drawn = f"{sample} rows drawn at random" if sample is not None else None
+    words = (f"{drawn}, the first {limit} of them" if drawn else f"first {limit} rows") if limit else drawn
     metadata = local_metadata(name, "STS", [path], f"limit={limit},sample={sample}", like)
     return make_task(AbsTaskSTS, metadata, dataset, like=like, slice_note=words, min_score=low, max_score=high)
 

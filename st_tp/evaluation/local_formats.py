@@ -8,9 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from st_tp.data import check_utf8
+from st_tp.data import check_utf8, kept_rows
 
 # What a JSON value must be, by the name a key's rule has in `read_jsonl`.
 JSON_KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
@@ -30,11 +28,7 @@ def jsonl_format(keys: Mapping[str, str]) -> str:
 
 
 def _slice(rows: list, limit: int | None, sample: int | None, seed: int) -> list:
-    # The same draw as st_tp.data.read_tsv (seeded, file order kept), so a sample names the same rows everywhere.
-    if sample is not None and sample < len(rows):
-        keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=sample, replace=False))
-        rows = [rows[i] for i in keep]
-    return rows[:limit] if limit else rows
+    return [rows[i] for i in kept_rows(len(rows), limit, sample, seed)]
 
 
 def _existing(path: Path, expected: str) -> None:

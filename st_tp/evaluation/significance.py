@@ -61,7 +61,7 @@ class PairedDelta:
 
 def read_predictions(folder: str | Path, task) -> Any:
     """The predictions mteb saved for `task` in `folder` (one subset, the test split)."""
-    path = Path(folder) / f"{task.metadata.name}_predictions.json"
+    path = Path(folder) / task.prediction_file_name  # mteb's own name: <task>_predictions.json
     if not path.is_file():
         raise ValueError(f"no predictions for {task.metadata.name} in {folder} (expected {path.name}, written by "
                          "mteb.evaluate with prediction_folder=...; a task served from the results cache writes none).")
@@ -186,11 +186,11 @@ def transfer_bootstrap(results_a: dict[str, dict], results_b: dict[str, dict], *
     for task in results_a:
         if task not in results_b:
             continue
-        correct = []
+        correct, gold = [], []
         for result in (results_a[task], results_b[task]):
-            by_row = dict(zip(result["source_rows"], np.equal(result["predictions"], result["gold"]), strict=True))
-            correct.append(by_row)
-        if set(correct[0]) != set(correct[1]):
+            correct.append(dict(zip(result["source_rows"], np.equal(result["predictions"], result["gold"]), strict=True)))
+            gold.append(dict(zip(result["source_rows"], result["gold"], strict=True)))
+        if set(correct[0]) != set(correct[1]) or gold[0] != gold[1]:
             raise ValueError(f"{task}: the two models' predictions cover different items; run both on the same sample.")
         items = sorted(correct[0])
         hits = [np.array([c[i] for i in items], dtype=float) for c in correct]

@@ -43,13 +43,18 @@ def folder_revision(folder: str | Path, device: str | None = None, *, dtype: tor
     for path in sorted(folder.glob("*.safetensors")):
         if path.name == PST_FILE:
             continue
-        size = path.stat().st_size
-        digest.update(f"{path.name}:{size}".encode())
-        with path.open("rb") as f:
-            digest.update(f.read(_EDGE_BYTES))
-            f.seek(max(size - _EDGE_BYTES, 0))
-            digest.update(f.read(_EDGE_BYTES))
+        update_with_edges(digest, path, path.name)
     return digest.hexdigest()[:16]
+
+
+def update_with_edges(digest, path: Path, name: str) -> None:
+    """Feed `digest` a file's name, size, first and last MiB: enough to tell weight files apart without reading GBs."""
+    size = path.stat().st_size
+    digest.update(f"{name}:{size}".encode())
+    with path.open("rb") as f:
+        digest.update(f.read(_EDGE_BYTES))
+        f.seek(max(size - _EDGE_BYTES, 0))
+        digest.update(f.read(_EDGE_BYTES))
 
 
 def folder_name(folder: str | Path) -> str:

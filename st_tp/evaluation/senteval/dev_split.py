@@ -19,9 +19,9 @@ machine has free before the pass starts.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
+
+from st_tp.sweep_scoring import check_states_fit, kept_layers
 
 from .classifiers import SKLEARN, ClassifierSettings
 from .evaluate import features
@@ -41,13 +41,6 @@ def held_out_fold(split: Split, seed: int = 1111) -> tuple[Split, Split]:
 
     train_rows, dev_rows = next(StratifiedKFold(10, shuffle=True, random_state=seed).split(split.labels, split.labels))
     return _subset(split, train_rows), _subset(split, dev_rows)
-
-
-def _free_memory() -> int | None:
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not on this platform: no check
-        return None
 
 
 class TransferDevScorer:
@@ -95,24 +88,15 @@ class TransferDevScorer:
     def start(self, rows: list, total_layers: int, hidden_size: int, dtype) -> None:
         import torch
 
-        given = range(1, total_layers + 1) if self.layers_given is None else self.layers_given  # 0: one token for all
-        self.layers = sorted({k if k >= 0 else total_layers + 1 + k for k in given})
-        if not self.layers or self.layers[0] < 1 or self.layers[-1] > total_layers:
-            raise ValueError(f"layers {list(given)}: a transfer sweep keeps exit layers 1..{total_layers} (-1: "
-                             f"{total_layers}, the final-normed output; layer 0 reads one token for every text).")
+        self.layers = kept_layers(self.layers_given, total_layers, first=1)  # 0: one token for every text
         lossless = dtype in (torch.bfloat16, torch.float16) and self.templates == 1
         name = (str(dtype).removeprefix("torch.") if lossless else "float32") if self.feature_dtype == "auto" else self.feature_dtype
         self.storage = getattr(torch, name)
         self.total_layers, self.rows = total_layers, list(rows)
         need = len(self.texts) * len(self.rows) * len(self.layers) * hidden_size * self.storage.itemsize
-        self.note = f"; {need / 2**30:.2f} GiB of {name} features"
-        free = _free_memory()
-        if free is not None and need > 0.8 * free:
-            fits = max(int(max(map(len, self.splits.values())) * 0.8 * free / need), 1)  # examples per split that fit
-            raise ValueError(f"a transfer sweep of {len(self.texts)} texts x {len(self.rows)} rows x {len(self.layers)} "
-                             f"exit layers x {hidden_size} values in {name} needs {need / 2**30:.1f} GiB, more than the "
-                             f"{free / 2**30:.1f} GiB free: take fewer examples (e.g. sample={fits}) "
-                             f"or fewer exit layers (e.g. layers={total_layers // 2}..{total_layers}).")
+        self.note = check_states_fit(f"a transfer sweep of {len(self.texts)} texts x {len(self.rows)} rows x "
+                                     f"{len(self.layers)} exit layers x {hidden_size} values in {name}", need,
+                                     max(map(len, self.splits.values())), total_layers)
         self.states = {(e, k): [] for e in self.rows for k in self.layers}
 
     def add(self, cells: dict) -> None:

@@ -15,15 +15,16 @@ from collections.abc import Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
+from st_tp.runtime.prompts import preprocess_sentence
+
+# What the cached embeddings of a task are embeddings of, beside its texts: change it when the text rules or the
+# batching below change, so that no cache made the old way is served.
+EMBEDDING_RECIPE = "official batcher rules (empty texts stay empty); one encode call per SentEval batch"
+
 
 def official_text(sentence: str) -> str:
-    """The official batcher's rules, in its order (an empty text stays empty)."""
-    if len(sentence) > 0 and sentence[-1] not in ".?\"'":
-        sentence += "."
-    sentence = sentence.replace('"', "'")
-    if len(sentence) > 0 and sentence[-1] == "?":
-        sentence = sentence[:-1] + "."
-    return sentence
+    """The official batcher's rules, in its order: st_tp's own preprocessing, except that an empty text stays empty."""
+    return preprocess_sentence(sentence) if sentence else sentence
 
 
 def _tp_module(model):

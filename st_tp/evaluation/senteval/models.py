@@ -2,8 +2,9 @@
 
 A saved st_tp folder is keyed by st_tp.runtime.identity.folder_revision (its settings, weights and the dtype it runs
 in), so a folder rebuilt with another tp_end is embedded again. Another local folder is keyed by its files' names,
-sizes and first MiB; a hub id by its name only. A SentenceTransformer passed as an object is keyed by the revision
-its model card holds (a loaded st_tp folder has one); without one, its embeddings are not cached. Models are loaded
+sizes and first MiB; a hub id by its name only. An st_tp SentenceTransformer passed as an object is keyed by the
+revision of its settings and weights as they are (st_tp.evaluation.meta.model_revision); any other object's
+embeddings are not cached. Models are loaded
 only when a task needs embedding, so a model whose tasks are all cached is never loaded.
 """
 
@@ -16,20 +17,30 @@ from typing import Any
 
 from st_tp.base_model import check_model_reachable
 from st_tp.runtime.config import SAVED_CONFIG
-from st_tp.runtime.identity import folder_revision
+from st_tp.runtime.identity import folder_revision, update_with_edges
 
 from .cache import safe_name
 
-_HEAD = 1 << 20
-
 
 def _folder_digest(folder: Path) -> str:
+    """Each file's name, size, first and last MiB (as st_tp.runtime.identity reads a saved folder's weights)."""
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(f"{path.relative_to(folder)}:{path.stat().st_size}".encode())
-        with path.open("rb") as f:
-            digest.update(f.read(_HEAD))
+        update_with_edges(digest, path, str(path.relative_to(folder)))
     return digest.hexdigest()[:16]
+
+
+def _object_revision(model) -> str | None:
+    """An st_tp model in memory: the revision of its settings, <PST> vector and weights as they are now (what
+    st-tp mteb keys it by); any other model object: None, so its embeddings are not cached (its model card's revision
+    is its base model's, which a change in memory keeps)."""
+    from st_tp.evaluation.meta import model_revision, tp_module
+
+    try:
+        tp_module(model)
+    except (ValueError, TypeError, IndexError, KeyError):
+        return None
+    return model_revision(model)
 
 
 @dataclass
@@ -54,7 +65,7 @@ class ModelRef:
             return cls(str(source), "name-" + hashlib.sha256(str(source).encode()).hexdigest()[:12], str(source), device)
         card = getattr(source, "model_card_data", None)
         name = getattr(card, "model_name", None) or f"model-{index}"
-        return cls(name, getattr(card, "base_model_revision", None), source, device, _loaded=source)
+        return cls(name, _object_revision(source), source, device, _loaded=source)
 
     @property
     def folder_name(self) -> str:

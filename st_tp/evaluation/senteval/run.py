@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .cache import EmbeddingStore, task_key, texts_digest, write_json
 from .classifiers import PYTORCH, SKLEARN, ClassifierSettings
-from .embedding import SentenceEmbedder
+from .embedding import EMBEDDING_RECIPE, SentenceEmbedder
 from .evaluate import TaskResult, parts, score_task
 from .models import ModelRef, model_refs
 from .readers import TaskDataError
@@ -124,10 +124,12 @@ def _model_task(ref: ModelRef, task: TransferTask, splits: dict[str, Split], set
     """One model on one task: its cached result, else its cached embeddings scored, else embedded and scored."""
     key = task_key(task.name, sample)
     texts = parts(task, splits)
-    digests = {name: texts_digest(t) for name, t in texts.items()}
+    # The embeddings are of these texts as the embedder turns and batches them: its recipe is part of the key.
+    recipe = f"{EMBEDDING_RECIPE}, batch_size={batch_size}"
+    digests = {name: texts_digest([recipe, *t]) for name, t in texts.items()}
     predictions = out / "predictions" / ref.folder_name / f"{key}.{settings.kind}.json"
     about = {"task": task.name, "model": ref.label, "revision": ref.revision, "sample": sample,
-             "classifier": settings.describe(), "embeddings": digests}
+             "classifier": settings.describe(), "settings": repr(settings), "embeddings": digests}
     if ref.revision is not None and predictions.is_file():
         cached = json.loads(predictions.read_text())
         if {k: cached.get(k) for k in about} == about:

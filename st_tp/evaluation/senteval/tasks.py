@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from st_tp.data import kept_rows
+
 from .readers import RawSplit, read_labelled_lines, read_mrpc, read_sst, read_trec
 
 INNER_KFOLD, SPLIT, KFOLD = "inner-kfold", "split", "kfold"  # SentEval's InnerKFold/Split/KFoldClassifier
@@ -88,18 +90,16 @@ class Split:
 
     sides: tuple[list[str], ...]
     labels: np.ndarray
-    source_rows: np.ndarray  # each sorted row's index in the file order (after sampling: in the sampled file order)
+    source_rows: np.ndarray  # each sorted row's index in its file (0-based; MRPC: after the header)
 
     def __len__(self) -> int:
         return len(self.labels)
 
 
 def sampled(split: RawSplit, sample: int | None, limit: int | None = None, seed: int = SAMPLE_SEED) -> np.ndarray:
-    """Indices of the rows kept, in file order: the first `limit`, then at most `sample` of them drawn at random."""
-    rows = np.arange(len(split) if limit is None else min(limit, len(split)))
-    if sample is not None and sample < len(rows):
-        rows = np.sort(np.random.default_rng(seed).choice(rows, size=sample, replace=False))
-    return rows
+    """Indices of the rows kept, in file order: at most `sample` drawn at random, then the first `limit` of those
+    (st_tp.data.kept_rows, the draw every st_tp reader makes)."""
+    return kept_rows(len(split), limit, sample, seed)
 
 
 def senteval_order(split: RawSplit, rows: np.ndarray) -> list[int]:
