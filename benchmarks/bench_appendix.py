@@ -54,7 +54,7 @@ def appendix_tasks(args) -> tuple[list, list[str]]:
     return tasks, notes
 
 
-def build_folders(args) -> list[str]:
+def build_folders(args, presets: list[str]) -> list[str]:
     """A saved folder per preset under OUT/models/, built once; one built from another model or preset is refused (its
     cached results would be served under the new title)."""
     import hashlib
@@ -62,11 +62,11 @@ def build_folders(args) -> list[str]:
     import st_tp
     from st_tp.presets import find_preset
 
-    paths = [Path(find_preset(preset)) for preset in args.presets]  # names hold dots (qwen2.5-1.5b-...): no .stem
+    paths = [Path(find_preset(preset)) for preset in presets]  # names hold dots (qwen2.5-1.5b-...): no .stem
     folders = [Path(args.out) / "models" / path.name.removesuffix(".yaml") for path in paths]
     if len(set(folders)) < len(folders):
         raise SystemExit(f"bench_appendix.py: two presets share a file name ({', '.join(map(str, paths))}); rename one.")
-    for preset, path, folder in zip(args.presets, paths, folders, strict=True):
+    for preset, path, folder in zip(presets, paths, folders, strict=True):
         built_from = {"model": args.model, "preset": hashlib.sha256(path.read_bytes()).hexdigest()}
         marker = folder / "bench_appendix.json"
         if marker.is_file() and json.loads(marker.read_text()) != built_from:
@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--senteval-sample", type=int, default=2000, help="examples per SentEval split (random)")
     parser.add_argument("--categories", default=",".join(CATEGORIES), help=f"comma-separated, of {', '.join(CATEGORIES)}")
     parser.add_argument("--transfer-tasks", default="transfer", help="SentEval tasks (transfer: all seven)")
+    parser.add_argument("--transfer-presets", nargs="*", default=[], help="more presets scored on the transfer tasks "
+                        "only (e.g. a tp_end chosen by st-tp sweep --transfer on SST-2 dev), each against the first preset")
     parser.add_argument("--skip-transfer", action="store_true")
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -166,8 +168,9 @@ def main(argv: list[str] | None = None) -> dict:
     from st_tp.runtime.config import saved_dtype
 
     started, stages = time.time(), {}
-    folders = build_folders(args)
+    folders = build_folders(args, args.presets)
     labels = [Path(f).name for f in folders]
+    transfer_folders = folders + build_folders(args, args.transfer_presets)
     tasks, notes = appendix_tasks(args)
     clock = time.time()
     run = run_mteb(folders, tasks, Path(args.out) / "mteb", batch_size=args.batch_size, device="cpu")
@@ -179,16 +182,17 @@ def main(argv: list[str] | None = None) -> dict:
     stages["paired bootstrap, mteb tasks"] = time.time() - clock
     if not args.skip_transfer:
         clock = time.time()
-        senteval_run = run_senteval(folders, args.transfer_tasks, DATA / "senteval", Path(args.out) / "senteval",
+        senteval_run = run_senteval(transfer_folders, args.transfer_tasks, DATA / "senteval", Path(args.out) / "senteval",
                                     sample=args.senteval_sample, classifier="sklearn", batch_size=args.batch_size,
                                     device="cpu")
         stages["SentEval (embedding and classifiers)"] = time.time() - clock
         if senteval_run.failures:
             raise SystemExit(f"SentEval failures: {senteval_run.failures}")
-        transfer, transfer_data = transfer_tables(senteval_run, labels, args.resamples, list(senteval_run.summary.tasks))
+        transfer, transfer_data = transfer_tables(senteval_run, [Path(f).name for f in transfer_folders], args.resamples,
+                                                  list(senteval_run.summary.tasks))
         body, data = transfer + body, {**transfer_data, **data}
-    dtype = ", ".join(f"{label} in {str(saved_dtype(folder, 'cpu')[1]).removeprefix('torch.')}"
-                      for label, folder in zip(labels, folders, strict=True))
+    dtype = ", ".join(f"{Path(folder).name} in {str(saved_dtype(folder, 'cpu')[1]).removeprefix('torch.')}"
+                      for folder in transfer_folders)
     command = shlex.join(["python", "benchmarks/bench_appendix.py", *sys.argv[1:]])
     intro = [f"`{command}` (CPU {cpu_name()}, {dtype}, {time.strftime('%Y-%m-%d')}; {time.time() - started:.0f} s in all, "
              + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()) + ").", "",
