@@ -246,6 +246,10 @@ def real_main(args, base: str) -> None:
         ratios[label] = med[numerator] / med[denominator]
         median, low, high = paired_ratios(times, numerator, denominator)
         ratios[f"  the same, median of the {args.rounds} per-round ratios (min {low:.3f}, max {high:.3f})"] = median
+        if denominator.startswith("st_native") and numerator in flops and texts[numerator] == texts[denominator]:
+            # The time ratio at equal efficiency (GFLOP/s): what the work itself allows, whatever the kernels.
+            ratios[f"  their useful FLOPs, {numerator} / {denominator} (the ratio at equal GFLOP/s)"] = \
+                flops[numerator] / flops[denominator]
 
     paired("st_tp vanilla PromptEOL at -1 / ST native, float32 (goal <= 0.78)", "vanilla_last_float32", "st_native_float32")
     for dtype in DTYPES:
