@@ -199,8 +199,10 @@ def main(argv: list[str] | None = None) -> dict:
              f"Samples (random, seed 0): STS {args.sts_sample} pairs per set (BIOSSES has 100), classification "
              f"{args.classification_sample} test texts per task (training texts as mteb draws them: samples_per_label "
              f"per label, 10 experiments), TwitterURLCorpus {args.pair_sample} test pairs, TwentyNewsgroups "
-             f"{args.clustering_texts} texts, SummEval {args.summarization_documents or 'all 100'} documents, SentEval "
-             f"at most {args.senteval_sample} examples per split (scikit-learn classifier). {'; '.join(notes)}. "
+             f"{args.clustering_texts} texts, SummEval {args.summarization_documents or 'all 100'} documents"
+             + (", no SentEval (--skip-transfer)" if args.skip_transfer else
+                f", SentEval at most {args.senteval_sample} examples per split (scikit-learn classifier)")
+             + f". {'; '.join(notes)}. "
              f"Intervals: {args.resamples} paired bootstrap resamples of the test items, each scored by mteb's own "
              "metric code; p: two-sided bootstrap p-value of no difference. The paper's columns are Llama-2-7B on "
              "mteb's full sets, quoted; a local copy that differs from mteb's data is named in the last column.", ""]

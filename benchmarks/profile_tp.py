@@ -1,10 +1,12 @@
 """Where the time of one TP batch goes (torch.profiler), on a real model: tokenization, then the forward by operator
 and by region (matmuls of the projections and MLP, attention, masks and positions, our hooks, the rest), on the CPU it
 names. `--native` profiles sentence-transformers' own last-token pooling on the same batch beside it;
-`--onednn-verbose` also lists which oneDNN kernels ran the matmuls (e.g. brgemm on avx512_core_amx, the AMX tiles).
+`--onednn-verbose` also lists which oneDNN kernels ran the matmuls (e.g. brgemm on avx512_core_amx, the AMX tiles);
+`--encode` profiles a whole `model.encode` (several batches, as bench_speed times it), `--shapes` by input shape too.
 
     python benchmarks/profile_tp.py --model packaged:smollm2-135m                       # the paper's setting, float32
     python benchmarks/profile_tp.py --preset smollm2-135m-prompteol-tp --dtype bfloat16 --native --onednn-verbose
+    python benchmarks/profile_tp.py --preset smollm2-135m-prompteol-tp --dtype bfloat16 --native --encode --batch 256 --shapes
 """
 
 from __future__ import annotations
@@ -45,10 +47,11 @@ def region(name: str) -> str:
     return "other operators"
 
 
-def profile_forward(forward, label: str) -> None:
-    """One profiled call of `forward` (warm), printed by region and by operator."""
+def profile_forward(forward, label: str, shapes: bool = False) -> None:
+    """One profiled call of `forward` (warm), printed by region and by operator (with `shapes`, also by operator and
+    input shape: the same operator can cost far more per element at one size than at another)."""
     forward()  # warm-up (and the prefix cache)
-    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], record_shapes=shapes) as prof:
         started = time.perf_counter()
         forward()
         forward_ms = (time.perf_counter() - started) * 1000
@@ -64,6 +67,12 @@ def profile_forward(forward, label: str) -> None:
     python_ms = forward_ms - profiled_ms
     print(f"{'Python between operators (hooks, HF glue)':45s} {python_ms:8.1f} {python_ms / forward_ms:7.1%} of wall")
     print(events.table(sort_by="self_cpu_time_total", row_limit=12))
+    if shapes:
+        by_shape = sorted(prof.key_averages(group_by_input_shape=True), key=lambda event: -event.self_cpu_time_total)
+        print(f"{'operator':34s} {'ms':>8s} {'calls':>6s} {'us/call':>8s}  input shapes")
+        for event in by_shape[:16]:
+            ms = event.self_cpu_time_total / 1000
+            print(f"{event.key[:34]:34s} {ms:8.1f} {event.count:6d} {1000 * ms / event.count:8.1f}  {str(event.input_shapes)[:90]}")
 
 
 MARK = "st_tp-profile: forward"
@@ -106,6 +115,9 @@ def main() -> None:
     parser.add_argument("--native", action="store_true", help="also profile sentence-transformers' last-token pooling "
                         "(all layers, the PromptEOL prompt by hand) on the same sentences and dtype")
     parser.add_argument("--onednn-verbose", action="store_true", help="also list the oneDNN kernels the matmuls ran")
+    parser.add_argument("--encode", action="store_true", help="profile model.encode over the --batch sentences (batches "
+                        "of 32, sorted by length, tokenization included) instead of one forward of one batch")
+    parser.add_argument("--shapes", action="store_true", help="also list operators by input shape")
     parser.add_argument("--onednn-child", help=argparse.SUPPRESS)  # internal: one logged forward of this variant
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -132,7 +144,7 @@ def main() -> None:
     print(f"{args.model}: {layers} layers, {args.preset or 'the paper setting'} (TP {config.tp_start}..{config.tp_end - 1}, "
           f"exit {config.output_layer}), batch {args.batch} x {width} tokens, prefix_cache={args.prefix_cache}")
     print(f"tokenization (preprocess): {tokenize_ms:.1f} ms")
-    forwards = {"st_tp": lambda: module.forward(dict(features))}
+    forwards = {"st_tp": (lambda: model.encode(texts, batch_size=32)) if args.encode else lambda: module.forward(dict(features))}
     if args.native:
         from benchmarks.bench_speed import st_native
 
@@ -152,7 +164,7 @@ def main() -> None:
             print(f"{MARK} ends", flush=True)
         return
     for label, forward in forwards.items():
-        profile_forward(forward, label)
+        profile_forward(forward, label, args.shapes)
         if args.onednn_verbose:
             onednn_kernels([a for a in sys.argv[1:] if a != "--onednn-verbose"], label)
 
