@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     started, stages = time.time(), {}
     folders = build_folders(args, args.presets)
     labels = [Path(f).name for f in folders]
-    transfer_folders = folders + build_folders(args, args.transfer_presets)
+    transfer_folders = [] if args.skip_transfer else folders + build_folders(args, args.transfer_presets)
     tasks, notes = appendix_tasks(args)
     clock = time.time()
     run = run_mteb(folders, tasks, Path(args.out) / "mteb", batch_size=args.batch_size, device="cpu")
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                   list(senteval_run.summary.tasks))
         body, data = transfer + body, {**transfer_data, **data}
     dtype = ", ".join(f"{Path(folder).name} in {str(saved_dtype(folder, 'cpu')[1]).removeprefix('torch.')}"
-                      for folder in transfer_folders)
+                      for folder in transfer_folders or folders)
     command = shlex.join(["python", "benchmarks/bench_appendix.py", *sys.argv[1:]])
     intro = [f"`{command}` (CPU {cpu_name()}, {dtype}, {time.strftime('%Y-%m-%d')}; {time.time() - started:.0f} s in all, "
              + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()) + ").", "",
